@@ -1,0 +1,504 @@
+"""Command line: argument parsing and output only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backupd import __version__
+from backupd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BackupdError, UsageError
+
+Handler = Callable[[argparse.Namespace], int]
+HANDLERS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        HANDLERS[name] = fn
+        return fn
+
+    return deco
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def load(args: argparse.Namespace) -> Any:
+    from backupd.config import load_config, resolve_config_path
+
+    return load_config(resolve_config_path(args.config))
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def events_for(config: Any, quiet: bool = False) -> Any:
+    from backupd.logs import EventLog
+
+    return EventLog(config.settings.logging.format, quiet=quiet)
+
+
+# ------------------------------------------------------------------ run
+
+
+@command("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    from backupd.errors import LockedError
+    from backupd.runner import run_job
+
+    config = load(args)
+    if args.all:
+        names = [n for n, j in config.jobs.items() if j.enabled]
+    else:
+        if not args.jobs:
+            raise UsageError("run: name a job or use --all")
+        names = list(args.jobs)
+        for n in names:
+            config.job(n)
+    rc = EXIT_OK
+    for name in names:
+        events = events_for(config)
+        try:
+            result = run_job(config, name, args.trigger, events, progress=True)
+        except LockedError as exc:
+            print(f"backupd: {exc}", file=sys.stderr)
+            if len(names) == 1:
+                return exc.exit_code
+            rc = max(rc, EXIT_FAILED)
+            continue
+        if result.ok:
+            if events.tty:
+                print(
+                    f"{name}: backup {result.backup_id} committed ({human_bytes(result.bytes)}, "
+                    f"{result.duration:.1f}s)"
+                )
+        else:
+            print(f"backupd: {result.error}", file=sys.stderr)
+            rc = EXIT_FAILED
+    return rc
+
+
+# ------------------------------------------------------------------ list / show
+
+
+def _catalog(config: Any) -> Any:
+    from backupd.catalog import Catalog
+
+    return Catalog(config.state_dir)
+
+
+def _backup_rows(config: Any, job: str | None) -> list[dict[str, Any]]:
+    from backupd.store import Store
+
+    store = Store(config.store_root)
+    catalog = _catalog(config)
+    try:
+        rows = []
+        jobs = [job] if job else sorted(set(store.jobs()) | set(config.jobs))
+        for name in jobs:
+            for b in store.backups(name):
+                row = catalog.backup(name, b.backup_id)
+                drill = catalog.last_drill(name, b.backup_id)
+                rows.append(
+                    {
+                        "job": name,
+                        "backup_id": b.backup_id,
+                        "bytes": b.size,
+                        "verified": b.verified and (row is None or bool(row["verified"])),
+                        "s3": row["s3_state"] if row is not None else "unknown",
+                        "drilled": drill["outcome"] if drill is not None else None,
+                        "drilled_at": drill["finished_at"] if drill is not None else None,
+                        "trigger": b.manifest.get("trigger"),
+                        "finished_at": b.manifest.get("finished_at"),
+                        "path": str(b.path),
+                    }
+                )
+        return rows
+    finally:
+        catalog.close()
+
+
+@command("list")
+def cmd_list(args: argparse.Namespace) -> int:
+    config = load(args)
+    if args.job:
+        config.job(args.job)
+    rows = _backup_rows(config, args.job)
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no backups")
+        return EXIT_OK
+    print_table(
+        ["JOB", "BACKUP", "SIZE", "VERIFIED", "S3", "DRILLED"],
+        [
+            [
+                r["job"],
+                r["backup_id"],
+                human_bytes(r["bytes"]),
+                "yes" if r["verified"] else "NO",
+                r["s3"],
+                r["drilled"] or "-",
+            ]
+            for r in rows
+        ],
+    )
+    return EXIT_OK
+
+
+def _find_backup(config: Any, backup_id: str) -> Any:
+    from backupd.store import Store
+
+    b = Store(config.store_root).find(backup_id)
+    if b is None:
+        raise UsageError(f"no committed backup {backup_id!r}")
+    return b
+
+
+@command("show")
+def cmd_show(args: argparse.Namespace) -> int:
+    config = load(args)
+    b = _find_backup(config, args.backup_id)
+    catalog = _catalog(config)
+    try:
+        row = catalog.backup(b.job, b.backup_id)
+        drill = catalog.last_drill(b.job, b.backup_id)
+    finally:
+        catalog.close()
+    info = {
+        "path": str(b.path),
+        "manifest": b.manifest,
+        "s3": row["s3_state"] if row is not None else "unknown",
+        "last_drill": dict(drill) if drill is not None else None,
+    }
+    if args.json:
+        print_json(info)
+        return EXIT_OK
+    m = b.manifest
+    print(f"backup   {b.job}/{b.backup_id}  ({m.get('type')}, trigger {m.get('trigger')})")
+    print(f"path     {b.path}")
+    print(f"time     {m.get('started_at')} -> {m.get('finished_at')}")
+    print(f"verified {'yes' if b.verified else 'NO'}   s3 {info['s3']}")
+    if drill is not None:
+        print(f"drill    {drill['outcome']} at {drill['finished_at']}")
+    for a in m.get("artifacts", []):
+        v = a.get("verification", {})
+        print(
+            f"  {a['file']}: {human_bytes(a['bytes'])} ({human_bytes(a['raw_bytes'])} raw), "
+            f"{a['format']}, sha256 {a['sha256'][:16]}..., {'ok' if v.get('ok') else 'BAD'}"
+        )
+        for w in v.get("warnings", []):
+            print(f"    warning: {w}")
+        stats = a.get("stats", {})
+        if stats:
+            print(f"    stats: {json.dumps(stats, sort_keys=True)[:400]}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ verify / inspect
+
+
+@command("verify")
+def cmd_verify(args: argparse.Namespace) -> int:
+    from backupd.store import Store, is_backup_id
+    from backupd.verify import verify_backup
+
+    config = load(args)
+    store = Store(config.store_root)
+    targets = []
+    names = args.targets or sorted(set(store.jobs()) | set(config.jobs))
+    for t in names:
+        if is_backup_id(t):
+            targets.append(_find_backup(config, t))
+        else:
+            if t not in config.jobs and t not in store.jobs():
+                config.job(t)
+            targets.extend(store.backups(t))
+    catalog = _catalog(config)
+    report = []
+    try:
+        for b in targets:
+            arts = verify_backup(b)
+            ok = all(a["ok"] for a in arts)
+            catalog.set_verified(b.job, b.backup_id, ok)
+            report.append({"job": b.job, "backup_id": b.backup_id, "ok": ok, "artifacts": arts})
+    finally:
+        catalog.close()
+    bad = [r for r in report if not r["ok"]]
+    if args.json:
+        print_json(report)
+    else:
+        for r in report:
+            print(f"{r['job']}/{r['backup_id']}: {'ok' if r['ok'] else 'BAD'}")
+            for a in r["artifacts"]:
+                for p in a["problems"]:
+                    print(f"  {a['artifact']}: {p}")
+        if not report:
+            print("nothing to verify")
+    for r in bad:
+        first = next(a for a in r["artifacts"] if not a["ok"])
+        print(
+            f"backupd: verify {r['job']}/{r['backup_id']}: {first['artifact']}: {first['problems'][0]}",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from backupd.formats.registry import describe
+    from backupd.verify import check_stream_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"inspect: {path}: no such file")
+    fc = check_stream_file(path)
+    if args.json:
+        print_json(
+            {
+                "file": str(path),
+                "format": fc.format,
+                "compression": fc.compression,
+                "ok": fc.ok,
+                "problems": fc.problems,
+                "result": fc.result.to_dict() if fc.result else None,
+            }
+        )
+    else:
+        print(
+            f"{path}: {fc.format or 'unknown format'}, compression {fc.compression}, "
+            f"{'OK' if fc.ok else 'BAD'}"
+        )
+        if fc.format and fc.result is not None:
+            for line in describe(fc.format, fc.result):
+                print(f"  {line}")
+            for w in fc.result.warnings:
+                print(f"  warning: {w}")
+    if not fc.ok:
+        print(f"backupd: inspect {path}: {fc.problems[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ config / catalog
+
+
+@command("check-config")
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from backupd.schedule import Schedule, format_local_and_utc
+
+    config = load(args)
+    now = datetime.now(UTC)
+    rows = []
+    for name, job in sorted(config.jobs.items()):
+        sched = Schedule.parse(job.schedule, config.job_timezone(name))
+        nxt = format_local_and_utc(sched.next_after(now), sched.zone) if job.enabled else "disabled"
+        rows.append([name, job.type, job.schedule, sched.tz, nxt])
+    print(f"config {config.path}: ok ({len(config.jobs)} job{'s' if len(config.jobs) != 1 else ''})")
+    if rows:
+        print_table(["JOB", "TYPE", "SCHEDULE", "TIMEZONE", "NEXT RUN"], rows)
+    if args.connect:
+        from backupd.checks import check_job
+
+        failed = 0
+        for name in sorted(config.jobs):
+            try:
+                detail = check_job(config, name)
+                print(f"{name}: reachable ({detail})")
+            except BackupdError as exc:
+                failed += 1
+                print(f"backupd: {exc}", file=sys.stderr)
+        return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_OK
+
+
+@command("catalog")
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from backupd.store import Store
+
+    config = load(args)
+    if args.catalog_cmd != "rebuild":
+        raise UsageError("catalog: use 'catalog rebuild'")
+    if getattr(args, "from_s3", False):
+        return not_implemented("catalog rebuild --from-s3")
+    catalog = _catalog(config)
+    try:
+        n = catalog.rebuild(Store(config.store_root))
+    finally:
+        catalog.close()
+    print(f"catalog rebuilt from {config.store_root}: {n} backup{'s' if n != 1 else ''}")
+    return EXIT_OK
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backupd.demo import run_demo
+
+    return run_demo(Path(args.dir) if args.dir else None, keep=args.keep)
+
+
+def not_implemented(what: str) -> int:
+    print(f"backupd: {what}: not implemented yet", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="backupd", description="Backups that are verified, pruned safely and drilled."
+    )
+    p.add_argument("--config", help="config file (default: $BACKUPD_CONFIG or /etc/backupd/backupd.toml)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"backupd {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("run", help="run jobs now (exit 0 ok, 1 failed, 75 already running)")
+    s.add_argument("jobs", nargs="*", metavar="JOB")
+    s.add_argument("--all", action="store_true", help="every enabled job")
+    s.add_argument(
+        "--trigger", default="manual", choices=["manual", "schedule", "catchup"], help=argparse.SUPPRESS
+    )
+
+    s = sub.add_parser("list", help="committed backups")
+    s.add_argument("job", nargs="?")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("show", help="one backup in detail")
+    s.add_argument("backup_id")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("verify", help="re-hash and re-check stored archives (exit 1 if any is bad)")
+    s.add_argument("targets", nargs="*", metavar="JOB|BACKUP_ID")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--s3", action="store_true", help="also check the copies in S3")
+
+    s = sub.add_parser("inspect", help="identify and structurally verify an archive file")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("prune", help="apply the retention policy")
+    s.add_argument("job", nargs="?")
+    s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("restore", help="restore a backup to a target")
+    s.add_argument("job")
+    s.add_argument("--backup", metavar="ID")
+    s.add_argument("--to", metavar="TARGET")
+    s.add_argument("--files-to", metavar="DIR")
+    s.add_argument("--yes", action="store_true", help="allow writing into a non-empty target")
+
+    s = sub.add_parser("drill", help="restore the latest backup into a scratch target and compare")
+    s.add_argument("jobs", nargs="*", metavar="JOB")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("next", help="upcoming fire times")
+    s.add_argument("job", nargs="?")
+    s.add_argument("--count", type=int, default=5)
+    s.add_argument("--after", metavar="ISO8601")
+
+    s = sub.add_parser("status", help="per job: last good backup, age, overdue, next run")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("check-config", help="validate the configuration")
+    s.add_argument("--connect", action="store_true", help="also check that every source is reachable")
+
+    s = sub.add_parser("catalog", help="catalog maintenance")
+    cs = s.add_subparsers(dest="catalog_cmd", metavar="rebuild")
+    r = cs.add_parser("rebuild", help="recreate the catalog from the store's manifests")
+    r.add_argument("--from-s3", action="store_true")
+
+    sub.add_parser("daemon", help="scheduler + /health + /metrics")
+
+    s = sub.add_parser("systemd-units", help="write per-job systemd timer units")
+    s.add_argument("--output", metavar="DIR")
+
+    s = sub.add_parser("demo", help="the whole cycle against local sandbox servers")
+    s.add_argument("--dir", help="where to put the demo's config, store and state (default: a temp dir)")
+    s.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    handler = HANDLERS.get(args.command)
+    try:
+        if handler is None:
+            return not_implemented(args.command)
+        return handler(args)
+    except BackupdError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"backupd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("backupd: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"backupd: {args.command}: unexpected error: {type(exc).__name__}: {exc} (run with --debug)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except BaseException as exc:
+        from backupd.runner import Terminated
+
+        if isinstance(exc, Terminated):
+            print(f"backupd: {args.command}: {exc}; nothing was committed", file=sys.stderr)
+            return 128 + exc.signum
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

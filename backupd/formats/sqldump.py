@@ -1,0 +1,383 @@
+"""Streaming check of mysqldump / mariadb-dump text: header, completion trailer and exact row counts.
+
+The row counts are what a restore drill compares a restored database against, so they must be exact,
+and they must be cheap: the checker runs beside the compressor while the dump tool and the server use
+most of the CPU. Two facts about mysqldump's output make that possible (see FORMATS.md 3):
+
+* string literals never hold a raw newline (the client escapes it as ``\\n``, binaries too), so a raw
+  ``\\n`` inside an INSERT is always outside a literal, and so is ``;\\n`` (the end of the statement);
+* outside literals, an INSERT's values hold ``(`` only where a row starts.
+
+MariaDB's dump (MDEV-25152) starts every row on its own line, so its rows are ``bytes.count(b"\\n(")``
+plus the rows of the rare lines that also hold ``),(``, which are counted exactly by stripping literals.
+MySQL's one-line statements always take that exact path (a compiled regex that removes literals), which
+is several times slower but still exact; bench/bench_sqldump_count.py has the figures.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .base import CheckResult, FormatChecker
+
+_IDENT = rb'`(?:[^`]|``)+`|"(?:[^"]|"")+"|[\w$\x80-\xff]+'
+_USER = rb"(?:" + _IDENT + rb"|'[^']*')(?:@(?:" + _IDENT + rb"|'[^']*'|[\w.%-]+))?"
+
+# A complete string literal with backslash escapes. Possessive repeats: sre skips the backtracking
+# bookkeeping, which is measurably faster on escape-dense WordPress text.
+_LITERAL = re.compile(rb"'[^'\\]*+(?:\\.[^'\\]*+)*+'", re.S)
+_INSERT = re.compile(
+    rb"(?:INSERT|REPLACE)(?:\s+(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE))*\s+INTO\s+(" + _IDENT + rb")"
+    rb"(?:\s*\((?:" + _IDENT + rb"|[\s,])*\))?\s*VALUES ?",
+    re.I,
+)
+_CREATE_TABLE = re.compile(
+    rb"CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(" + _IDENT + rb")", re.I
+)
+# The temporary stand-in for a view (a table before 5.x-era clients moved to a view stub), the stub
+# itself, and the final definition: all name the view, never a table.
+_VIEW = re.compile(rb"/\*!50001\s+(?:CREATE\s+(?:TABLE|VIEW)|VIEW)\s+(" + _IDENT + rb")", re.I)
+_CREATE_OBJECT = re.compile(
+    rb"(?:/\*!\d+\s*)?CREATE(?:\s*\*/)?\s+(?:OR\s+REPLACE\s+)?"
+    rb"(?:/\*!\d+\s*)?(?:DEFINER\s*=\s*(?:CURRENT_USER(?:\(\))?|" + _USER + rb")\s*(?:\*/)?\s*)?"
+    rb"(?:/\*!\d+\s*)?(?:AGGREGATE\s+)?(PROCEDURE|FUNCTION|TRIGGER|EVENT)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    rb"(" + _IDENT + rb")(?:\s*\.\s*(" + _IDENT + rb"))?",
+    re.I,
+)
+_HEADER = re.compile(
+    rb"-- (MariaDB|MySQL) dump (\d[\w.]*)(?:\s+Distrib (\S+?),|-(\S+?),)\s*for (.*)", re.I
+)
+_HOST = re.compile(rb"-- Host: (.*?)\s+Database: ?(.*)")
+_SERVER = re.compile(rb"-- Server version\s+(.*)")
+_TRAILER = re.compile(rb"-- Dump completed(?: on \d{4}-\d\d-\d\d [ \d]\d:\d\d:\d\d)?")
+_SANDBOX = (b"/*!999999\\- ", b"/*M!999999\\- ")
+_DUMP_HEADS = (b"-- MariaDB dump", b"-- MySQL dump")
+_TRAILER_MAX = 200  # a longer last line cannot be the trailer, so it is not kept
+
+
+def sniff(head: bytes) -> bool:
+    """True when `head` (the first bytes of a stream) starts like a mysqldump / mariadb-dump dump."""
+    if head.startswith(_SANDBOX):
+        nl = head.find(b"\n")
+        if nl < 0:
+            return True
+        head = head[nl + 1 :]
+    return head.startswith(_DUMP_HEADS)
+
+
+def _unquote(ident: bytes) -> str:
+    if ident[:1] == b"`":
+        ident = ident[1:-1].replace(b"``", b"`")
+    elif ident[:1] == b'"':
+        ident = ident[1:-1].replace(b'""', b'"')
+    return ident.decode("utf-8", "replace")
+
+
+def _rows_in_values(values: bytes) -> int:
+    """Rows in one line of VALUES: the ``(`` outside string literals (exact, and the slow path)."""
+    if b"'" not in values:
+        return values.count(b"(")
+    return _LITERAL.sub(b"", values).count(b"(")
+
+
+def _count_rows(block: bytes, start: int, end: int) -> int:
+    """Rows in block[start:end], which holds whole lines of VALUES (`start` may be mid-line).
+
+    A row starts each line beginning with ``(``; a line holding ``),(`` may hold more (or hold it
+    inside a literal), so only those lines are counted the slow, exact way.
+    """
+    rows = block.count(b"\n(", start, end)
+    if block.startswith(b"(", start):
+        rows += 1
+    q = block.find(b"),(", start, end)
+    while q >= 0:
+        ls = max(block.rfind(b"\n", start, q) + 1, start)
+        le = block.find(b"\n", q, end)
+        if le < 0:
+            le = end
+        line = block[ls:le]
+        rows += _rows_in_values(line) - (1 if line.startswith(b"(") else 0)
+        q = block.find(b"),(", le, end)
+    return rows
+
+
+class SqlDumpChecker(FormatChecker):
+    """Checks a dump's header and trailer and counts tables, rows, views, routines, triggers, events.
+
+    Works on whole lines: a partial last line waits in a buffer for the next chunk, so memory is
+    bounded by the longest line (one extended INSERT, at most max_allowed_packet).
+    """
+
+    format = "sql-dump"
+
+    def __init__(self) -> None:
+        self._partial = bytearray()
+        self._error: str | None = None
+        self._warnings: list[str] = []
+        self._facts: dict[str, Any] = {}
+        self._lines_seen = 0  # only counted up to the header
+        self._in_preamble = True
+        self._bytes = 0
+        self._last_line = b""
+        # Parser state between lines.
+        self._delimiter = b";"
+        self._in_statement = False  # inside a multi-line statement (not an INSERT)
+        self._insert_table: str | None = None  # inside a multi-line INSERT of this table
+        self._runs: dict[bytes, re.Pattern[bytes]] = {}
+        # Findings.
+        self._tables: dict[str, int] = {}
+        self._views: set[str] = set()
+        self._procedures: set[str] = set()
+        self._functions: set[str] = set()
+        self._triggers: set[str] = set()
+        self._events: set[str] = set()
+        self._statements = 0
+
+    # -- stream handling ---------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self._error is not None or not data:
+            return
+        self._bytes += len(data)
+        nl = data.rfind(b"\n")
+        if nl < 0:
+            self._partial += data
+            return
+        if self._partial:
+            self._partial += data[: nl + 1]
+            block = bytes(self._partial)
+            self._partial.clear()
+        else:
+            block = data[: nl + 1]
+        self._partial += data[nl + 1 :]
+        self._note_last_line(block)
+        self._parse(block)
+
+    def finish(self) -> CheckResult:
+        if self._partial:
+            tail = bytes(self._partial) + b"\n"
+            self._partial.clear()
+            self._note_last_line(tail)
+            if self._error is None:
+                self._parse(tail)
+        errors: list[str] = []
+        if self._error is not None:
+            errors.append(self._error)
+        elif self._bytes == 0:
+            errors.append("empty stream: no dump header")
+        elif not _TRAILER.fullmatch(self._last_line):
+            errors.append("no '-- Dump completed' trailer: dump truncated or failed")
+        elif self._insert_table is not None:
+            errors.append(f"dump ends inside an INSERT into `{self._insert_table}`")
+        elif self._delimiter != b";":
+            errors.append("dump ends inside a DELIMITER block")
+        return CheckResult(
+            format=self.format,
+            ok=not errors,
+            errors=errors,
+            warnings=list(self._warnings),
+            stats=self._stats(),
+            facts=dict(self._facts),
+        )
+
+    def _stats(self) -> dict[str, Any]:
+        tables = {name: rows for name, rows in sorted(self._tables.items()) if name not in self._views}
+        return {
+            "tables": tables,
+            "views": sorted(self._views),
+            "routines": {"procedures": sorted(self._procedures), "functions": sorted(self._functions)},
+            "triggers": sorted(self._triggers),
+            "events": sorted(self._events),
+            "rows": sum(tables.values()),
+            "statements": self._statements,
+        }
+
+    def _note_last_line(self, block: bytes) -> None:
+        """Remember the last non-empty line, but only if it is short enough to be the trailer."""
+        end = len(block)
+        while end and block[end - 1] in b" \t\r\n":  # not rstrip(): that would copy the block
+            end -= 1
+        if end == 0:
+            return
+        start = block.rfind(b"\n", 0, end) + 1
+        self._last_line = block[start:end] if end - start <= _TRAILER_MAX else b"<long line>"
+
+    def _fail(self, message: str) -> None:
+        if self._error is None:
+            self._error = message
+
+    # -- parsing -----------------------------------------------------------------------------------
+
+    def _parse(self, block: bytes) -> None:
+        """Walk whole lines; the bulk of the bytes (INSERT values) is handled without a line loop."""
+        pos, size = 0, len(block)
+        while pos < size and self._error is None:
+            if self._insert_table is not None:
+                pos = self._continue_insert(block, pos)
+                continue
+            le = block.find(b"\n", pos)
+            line = block[pos:le].rstrip(b"\r")
+            if self._lines_seen < 2 and self._check_header(line):
+                pos = le + 1  # MariaDB's sandbox line: not a statement
+            elif self._in_statement:
+                self._statement_line(line)
+                pos = le + 1
+            elif self._delimiter == b";" and line[:1] in b"IR" and (m := _INSERT.match(line)):
+                pos = self._start_insert(block, pos, m)
+            else:
+                self._statement_start(line)
+                pos = le + 1
+
+    def _check_header(self, line: bytes) -> bool:
+        """Check the first line (or the one after the sandbox line); True when `line` was that one."""
+        self._lines_seen += 1
+        if self._lines_seen == 1 and line.startswith(_SANDBOX):
+            self._facts["sandbox"] = True
+            return True
+        self._lines_seen = 2
+        m = _HEADER.match(line)
+        if m is None:
+            shown = line[:60].decode("utf-8", "replace")
+            self._fail(f"line 1: not a mysqldump/mariadb-dump header: {shown!r}")
+            return False
+        kind, client, distrib, distrib11, platform = m.groups()
+        self._facts["tool"] = "mariadb-dump" if kind.lower() == b"mariadb" else "mysqldump"
+        self._facts["tool_version"] = client.decode()
+        self._facts["distrib"] = (distrib or distrib11).decode()
+        self._facts["platform"] = platform.decode("utf-8", "replace").strip()
+        return False
+
+    def _statement_start(self, line: bytes) -> None:
+        """A line at statement level that is not an INSERT: DDL, SET, comments, DELIMITER."""
+        stripped = line.rstrip()
+        if not stripped:
+            return
+        if stripped.startswith(b"--"):
+            if self._in_preamble:
+                self._preamble_comment(stripped)
+            return
+        self._in_preamble = False
+        first = stripped[:1]
+        if first in b"Dd" and stripped[:10].upper() == b"DELIMITER ":
+            self._delimiter = stripped[10:].strip() or b";"
+            return
+        if first in b"Cc" and (m := _CREATE_TABLE.match(stripped)):
+            self._tables.setdefault(_unquote(m.group(1)), 0)
+        elif first == b"/" and (m := _VIEW.match(stripped)):
+            self._views.add(_unquote(m.group(1)))
+        elif first in b"/Cc" and (m := _CREATE_OBJECT.match(stripped)):
+            self._record_object(m)
+        if not stripped.endswith(self._delimiter):
+            self._in_statement = True
+
+    def _statement_line(self, line: bytes) -> None:
+        """A continuation line; the final view definition starts on one (after ALGORITHM/DEFINER)."""
+        stripped = line.rstrip()
+        if stripped.startswith(b"/*!50001") and (m := _VIEW.match(stripped)):
+            self._views.add(_unquote(m.group(1)))
+        if stripped.endswith(self._delimiter):
+            self._in_statement = False
+
+    def _preamble_comment(self, line: bytes) -> None:
+        if m := _HOST.match(line):
+            self._facts["host"] = m.group(1).decode("utf-8", "replace")
+            self._facts["database"] = m.group(2).strip().decode("utf-8", "replace")
+        elif m := _SERVER.match(line):
+            self._facts["server_version"] = m.group(1).strip().decode("utf-8", "replace")
+
+    def _record_object(self, m: re.Match[bytes]) -> None:
+        kind = m.group(1).upper()
+        name = _unquote(m.group(3) or m.group(2))  # `db`.`name` -> name
+        target = {
+            b"PROCEDURE": self._procedures,
+            b"FUNCTION": self._functions,
+            b"TRIGGER": self._triggers,
+            b"EVENT": self._events,
+        }[kind]
+        target.add(name)
+
+    # -- INSERT statements -------------------------------------------------------------------------
+
+    def _start_insert(self, block: bytes, pos: int, m: re.Match[bytes]) -> int:
+        """Count an INSERT from its first line; returns where parsing continues."""
+        self._in_preamble = False
+        table = _unquote(m.group(1))
+        self._tables.setdefault(table, 0)
+        self._statements += 1
+        vstart = pos + m.end()
+        end = block.find(b";\n", vstart)
+        if end < 0:  # continues in the next block
+            self._tables[table] += _count_rows(block, vstart, len(block))
+            self._insert_table = table
+            return len(block)
+        end += 2
+        self._tables[table] += _count_rows(block, vstart, end)
+        return self._single_line_run(block, end, block[pos:vstart], table)
+
+    def _continue_insert(self, block: bytes, pos: int) -> int:
+        table = self._insert_table
+        assert table is not None
+        end = block.find(b";\n", pos)
+        if end < 0:
+            self._tables[table] += _count_rows(block, pos, len(block))
+            return len(block)
+        end += 2
+        self._tables[table] += _count_rows(block, pos, end)
+        self._insert_table = None
+        return end
+
+    def _single_line_run(self, block: bytes, pos: int, header: bytes, table: str) -> int:
+        """Count a run of one-line INSERTs with the same header in one pass (--skip-extended-insert
+        writes one per row, and a Python loop per line would cost more than the whole dump)."""
+        if not block.startswith(header, pos):
+            return pos
+        run = self._runs.get(header)
+        if run is None:
+            run = self._runs[header] = re.compile(rb"(?:" + re.escape(header) + rb"[^\n]*;\n)*")
+        m = run.match(block, pos)
+        assert m is not None  # the pattern matches the empty string
+        end = m.end()
+        lines = block.count(b"\n", pos, end)
+        rows = lines  # each line starts one row after its header ...
+        q = block.find(b"),(", pos, end)
+        while q >= 0:  # ... and a line holding "),(" may hold more
+            ls = block.rfind(b"\n", pos, q) + 1 or pos
+            le = block.find(b"\n", q, end)
+            rows += _rows_in_values(block[ls + len(header) : le]) - 1
+            q = block.find(b"),(", le, end)
+        self._tables[table] += rows
+        self._statements += lines
+        return end
+
+
+def describe(result: CheckResult) -> list[str]:
+    """Human-readable summary for `backupd inspect`."""
+    facts, stats = result.facts, result.stats
+    tool = facts.get("tool", "unknown tool")
+    head = f"SQL dump by {tool} {facts.get('tool_version', '?')} ({facts.get('distrib', '?')})"
+    if "server_version" in facts:
+        head += f", server {facts['server_version']}"
+    if facts.get("database"):
+        head += f", database {facts['database']}"
+    if facts.get("host"):
+        head += f" on {facts['host']}"
+    lines = [head, "status: OK" if result.ok else "status: FAILED"]
+    lines += [f"error: {e}" for e in result.errors]
+    lines += [f"warning: {w}" for w in result.warnings]
+    tables: dict[str, int] = stats.get("tables", {})
+    lines.append(
+        f"{len(tables)} tables, {stats.get('rows', 0)} rows in {stats.get('statements', 0)} INSERT statements"
+    )
+    width = max((len(name) for name in tables), default=0)
+    lines += [f"  {name:<{width}}  {rows:>12} rows" for name, rows in tables.items()]
+    routines = stats.get("routines", {})
+    for label, names in (
+        ("views", stats.get("views", [])),
+        ("procedures", routines.get("procedures", [])),
+        ("functions", routines.get("functions", [])),
+        ("triggers", stats.get("triggers", [])),
+        ("events", stats.get("events", [])),
+    ):
+        lines.append(f"{label}: {', '.join(names) if names else '-'}")
+    return lines

@@ -1,0 +1,88 @@
+"""Run events: JSON lines when not on a TTY (for journald/log shippers), short human lines on a TTY."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from rich.progress import (
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+
+class EventLog:
+    """One event per line: job, backup_id, step, bytes, duration, outcome and whatever else applies."""
+
+    def __init__(self, fmt: str = "auto", stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stdout
+        tty = self.stream.isatty()
+        self.json = fmt == "json" or (fmt == "auto" and not tty)
+        self.quiet = quiet
+        self.tty = tty and not self.json
+        self.context: dict[str, Any] = {}
+
+    def bind(self, **fields: Any) -> None:
+        self.context.update(fields)
+
+    def event(self, event: str, **fields: Any) -> None:
+        if self.quiet:
+            return
+        record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event}
+        record.update(self.context)
+        record.update({k: v for k, v in fields.items() if v is not None})
+        if self.json:
+            self.stream.write(json.dumps(record, default=str) + "\n")
+        else:
+            extras = " ".join(
+                f"{k}={v}" for k, v in record.items() if k not in {"ts", "event", "job", "backup_id"}
+            )
+            self.stream.write(f"{record.get('job', '')} {event} {extras}".strip() + "\n")
+        self.stream.flush()
+
+
+class ByteProgress:
+    """A progress line (bytes, rate) on a TTY; a no-op elsewhere so logs stay clean."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress: Progress | None = None
+        if enabled:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+
+    def __enter__(self) -> ByteProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def task(self, description: str) -> ProgressTask:
+        return ProgressTask(self._progress, description)
+
+
+class ProgressTask:
+    def __init__(self, progress: Progress | None, description: str) -> None:
+        self._progress = progress
+        self._id: TaskID | None = None
+        self.started = time.monotonic()
+        if progress is not None:
+            self._id = progress.add_task(description, total=None)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None and self._id is not None:
+            self._progress.advance(self._id, n)

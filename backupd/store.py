@@ -1,0 +1,174 @@
+"""The local store: `{root}/{job}/{backup_id}/` directories with a manifest, committed by rename.
+
+A backup exists only once its `.partial-ID` directory was fsynced and renamed, after verification; a killed
+or failed run leaves at most a `.partial-*` directory, which is never listed and is swept by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from backupd.pipeline import fsync_dir
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+PARTIAL_PREFIX = ".partial-"
+ID_FORMAT = "%Y%m%dT%H%M%SZ"
+MANIFEST = "manifest.json"
+
+
+def make_backup_id(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(ID_FORMAT)
+
+
+def parse_backup_id(backup_id: str) -> datetime:
+    return datetime.strptime(backup_id, ID_FORMAT).replace(tzinfo=UTC)
+
+
+def is_backup_id(name: str) -> bool:
+    try:
+        parse_backup_id(name)
+    except ValueError:
+        return False
+    return True
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """mkdir -p with 0700 on every directory we create (never loosening an existing one)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=DIR_MODE)
+        os.chmod(d, DIR_MODE)
+    return path
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write, fsync, 0600: used for manifests and option files holding secrets."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StoredBackup:
+    job: str
+    backup_id: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return sum(int(a.get("bytes", 0)) for a in self.manifest.get("artifacts", []))
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.manifest.get("verified"))
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def job_dir(self, job: str) -> Path:
+        return self.root / job
+
+    def new_partial(self, job: str, started: datetime) -> tuple[str, Path]:
+        """Create the `.partial-ID` directory; the ID moves on a second if a backup of that second exists."""
+        ensure_private_dir(self.job_dir(job))
+        when = started
+        while True:
+            backup_id = make_backup_id(when)
+            final = self.job_dir(job) / backup_id
+            partial = self.job_dir(job) / f"{PARTIAL_PREFIX}{backup_id}"
+            if not final.exists() and not partial.exists():
+                partial.mkdir(mode=DIR_MODE)
+                return backup_id, partial
+            when += timedelta(seconds=1)
+
+    def commit(self, job: str, backup_id: str, partial: Path, manifest: dict[str, Any]) -> Path:
+        """Write the manifest, fsync everything, rename into place, fsync the job directory."""
+        for entry in partial.iterdir():
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        write_private_file(
+            partial / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+        )
+        fsync_dir(partial)
+        final = self.job_dir(job) / backup_id
+        os.rename(partial, final)
+        fsync_dir(self.job_dir(job))
+        return final
+
+    def discard(self, partial: Path) -> None:
+        shutil.rmtree(partial, ignore_errors=True)
+
+    def sweep_partials(self, job: str) -> list[Path]:
+        """Remove `.partial-*` left by killed runs. Only call while holding the job's lock."""
+        removed = []
+        d = self.job_dir(job)
+        if d.is_dir():
+            for entry in d.iterdir():
+                if entry.name.startswith(PARTIAL_PREFIX):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+        return removed
+
+    def jobs(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def backups(self, job: str) -> list[StoredBackup]:
+        """Committed backups of a job, oldest first. Unreadable manifests are skipped (verify reports them)."""
+        out = []
+        for path in self._backup_dirs(job):
+            try:
+                manifest = json.loads((path / MANIFEST).read_text())
+            except (OSError, ValueError):
+                continue
+            out.append(StoredBackup(job=job, backup_id=path.name, path=path, manifest=manifest))
+        return out
+
+    def _backup_dirs(self, job: str) -> Iterator[Path]:
+        d = self.job_dir(job)
+        if not d.is_dir():
+            return
+        for entry in sorted(d.iterdir()):
+            if entry.is_dir() and is_backup_id(entry.name):
+                yield entry
+
+    def find(self, backup_id: str, job: str | None = None) -> StoredBackup | None:
+        for name in [job] if job else self.jobs():
+            path = self.job_dir(name) / backup_id
+            if path.is_dir():
+                for b in self.backups(name):
+                    if b.backup_id == backup_id:
+                        return b
+        return None
+
+    def delete(self, backup: StoredBackup) -> None:
+        """Remove a committed backup: rename to a partial name first so a crash never leaves half of one."""
+        tomb = backup.path.parent / f"{PARTIAL_PREFIX}deleting-{backup.backup_id}"
+        os.rename(backup.path, tomb)
+        fsync_dir(backup.path.parent)
+        shutil.rmtree(tomb)

@@ -1,0 +1,102 @@
+"""Shared fixtures: real scratch servers from backupd.scratch, and the `integration` marker.
+
+Session-scoped servers are shared by every test: do not stop or break them (kill a Redis master, drop
+root's grants) -- ask a `*_factory` for instances of your own, which are stopped when the test ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from backupd.scratch import SSHD, MariaDB, MongoServer, MotoS3, Redis, ScratchServer
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+S = TypeVar("S", bound=ScratchServer)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION_DIR):
+            item.add_marker(pytest.mark.integration)
+
+
+def _factory(cls: type[S]) -> Iterator[Callable[..., S]]:
+    """Start instances of `cls` on demand; stop them (newest first: replicas before masters) at the end."""
+    started: list[ScratchServer] = []
+
+    def make(**kwargs: Any) -> S:
+        server = cls(**kwargs)
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    with MariaDB() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[SSHD]:
+    with SSHD() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_master() -> Iterator[Redis]:
+    with Redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_replica(redis_master: Redis) -> Iterator[Redis]:
+    with Redis(master=redis_master) as server:
+        server.wait_replica_linked()
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[MongoServer]:
+    with MongoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def mariadb_factory() -> Iterator[Callable[..., MariaDB]]:
+    yield from _factory(MariaDB)
+
+
+@pytest.fixture
+def sshd_factory() -> Iterator[Callable[..., SSHD]]:
+    yield from _factory(SSHD)
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[..., Redis]]:
+    """`redis_factory()` for a master, `redis_factory(master=m, password=...)` for a replica."""
+    yield from _factory(Redis)
+
+
+@pytest.fixture
+def moto_s3_factory() -> Iterator[Callable[..., MotoS3]]:
+    yield from _factory(MotoS3)
+
+
+@pytest.fixture
+def mongo_factory() -> Iterator[Callable[..., MongoServer]]:
+    yield from _factory(MongoServer)
