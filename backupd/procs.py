@@ -6,6 +6,7 @@ import collections
 import contextlib
 import fcntl
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -81,6 +82,16 @@ def run_capture(
         timeout=timeout,
         check=False,
     )
+
+
+def describe_exit(returncode: int) -> str:
+    """"exited 2" or "killed by SIGKILL": a negative return code is the signal that ended the process."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited {returncode}"
 
 
 def last_line(lines: Sequence[str] | str, default: str = "no error output") -> str:

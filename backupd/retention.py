@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from operator import attrgetter
 from zoneinfo import ZoneInfo
 
 __all__ = ["Backup", "Decision", "Policy", "plan"]
@@ -129,7 +130,7 @@ class _Rule:
 
 
 def _hour_label(t: datetime) -> str:
-    base = f"hourly {t:%Y-%m-%d %H}:00"
+    base = f"hourly {t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}:00"  # strftime is 3x slower
     other = t.replace(fold=1 - t.fold)
     offset = t.utcoffset()
     if offset is not None and other.utcoffset() != offset:  # a repeated wall-clock hour: say which one
@@ -147,15 +148,14 @@ def _week_label(t: datetime) -> str:
 def _rules(policy: Policy) -> list[_Rule]:
     return [
         _Rule(policy.keep_hourly, lambda t: (t.date(), t.hour, t.utcoffset()), _hour_label),
-        _Rule(policy.keep_daily, lambda t: t.date(), lambda t: f"daily {t:%Y-%m-%d}"),
+        _Rule(policy.keep_daily, lambda t: t.date(), lambda t: f"daily {t.year:04d}-{t.month:02d}-{t.day:02d}"),
         _Rule(policy.keep_weekly, lambda t: t.isocalendar()[:2], _week_label),
-        _Rule(policy.keep_monthly, lambda t: (t.year, t.month), lambda t: f"monthly {t:%Y-%m}"),
-        _Rule(policy.keep_yearly, lambda t: t.year, lambda t: f"yearly {t:%Y}"),
+        _Rule(policy.keep_monthly, lambda t: (t.year, t.month), lambda t: f"monthly {t.year:04d}-{t.month:02d}"),
+        _Rule(policy.keep_yearly, lambda t: t.year, lambda t: f"yearly {t.year:04d}"),
     ]
 
 
-def _order_key(b: Backup) -> tuple[datetime, str]:
-    return (b.time, b.backup_id)
+_order_key: Callable[[Backup], tuple[datetime, str]] = attrgetter("time", "backup_id")  # C-speed sort key
 
 
 def _select(counted: Sequence[Backup], policy: Policy, zone: ZoneInfo) -> dict[str, list[str]]:
@@ -164,18 +164,21 @@ def _select(counted: Sequence[Backup], policy: Policy, zone: ZoneInfo) -> dict[s
     Buckets are tracked in sets rather than by comparing with the previous key, so a zone whose local
     date or hour steps backwards still gets each bucket counted once, for its newest backup.
     """
+    if policy.is_empty():
+        return {b.backup_id: [EMPTY_POLICY] for b in counted}
     chosen: dict[str, list[str]] = {}
     last = policy.keep_last
     rules = [r for r in _rules(policy) if r.count > 0]
     left = [r.count for r in rules]
     seen: list[set[Hashable]] = [set() for _ in rules]
+    active = len(rules)  # rules with slots left
     for i, b in enumerate(counted):
-        if i >= last and not any(left):
+        if i >= last and not active:
             break  # every rule is satisfied: the rest are not selected
         reasons: list[str] = []
         if i < last:
             reasons.append(f"last {last}")
-        if any(left):
+        if active:
             local = b.time.astimezone(zone)
             for j, rule in enumerate(rules):
                 if left[j] == 0:
@@ -185,6 +188,7 @@ def _select(counted: Sequence[Backup], policy: Policy, zone: ZoneInfo) -> dict[s
                     continue
                 seen[j].add(key)
                 left[j] -= 1
+                active -= left[j] == 0
                 reasons.append(rule.label(local))
         if reasons:
             chosen[b.backup_id] = reasons
@@ -214,9 +218,7 @@ def _enforce(ordered: Sequence[Backup], decisions: Sequence[Decision]) -> list[D
     it wrong decisions on purpose. Rule 3 runs first: with no verified backup kept, nothing is deleted.
     """
     out = list(decisions)
-    if any(not d.keep for d in out) and not any(
-        b.counted and d.keep for b, d in zip(ordered, out, strict=True)
-    ):
+    if any(not d.keep for d in out) and not any(b.counted and d.keep for b, d in zip(ordered, out, strict=True)):
         out = [d if d.keep else Decision(d.backup_id, True, (NO_VERIFIED_LEFT,)) for d in out]
     newest = next((b.backup_id for b in ordered if b.counted), None)
     for i, (b, d) in enumerate(zip(ordered, out, strict=True)):
@@ -243,8 +245,4 @@ def plan(backups: Iterable[Backup], policy: Policy, now: datetime, tz: ZoneInfo 
     if len({b.backup_id for b in ordered}) != len(ordered):
         raise ValueError("duplicate backup_id in retention input")
     counted = [b for b in ordered if b.counted and b.time <= now]
-    if policy.is_empty():
-        chosen = {b.backup_id: [EMPTY_POLICY] for b in counted}
-    else:
-        chosen = _select(counted, policy, zone)
-    return _enforce(ordered, _decide(ordered, chosen, now))
+    return _enforce(ordered, _decide(ordered, _select(counted, policy, zone), now))

@@ -293,9 +293,7 @@ class ScratchServer:
                 tail = _tail(log_path, offset)
                 if _PORT_TAKEN in tail.lower():
                     return False
-                raise ScratchError(
-                    f"scratch: {self.name} exited with status {rc} during start-up; log tail:\n{tail}"
-                )
+                raise ScratchError(f"scratch: {self.name} exited with status {rc} during start-up; log tail:\n{tail}")
             if pid_listens(proc.pid, self.port) and self._probe():
                 return True
             if time.monotonic() > deadline:
@@ -359,6 +357,9 @@ def _mariadb_template() -> Path:
             "--skip-test-db",
             "--skip-name-resolve",
             f"--innodb-log-file-size={_INNODB_LOG_SIZE}",
+            # Durability is pointless for a throwaway template and fsyncs dominate on a busy disk.
+            "--innodb-doublewrite=0",
+            "--innodb-flush-log-at-trx-commit=0",
             f"--extra-file={cleanup}",
         ]
         if os.geteuid() == 0:
@@ -420,9 +421,7 @@ class MariaDB(ScratchServer):
     def option_file_for(self, user: str) -> Path:
         """Write (each call, as the port may change on restart) a 0600 `[client]` file for `user`."""
         password = self.password_for(user)
-        text = (
-            f"[client]\nhost={self.host}\nport={self.port}\nuser={user}\npassword={_option_value(password)}\n"
-        )
+        text = f"[client]\nhost={self.host}\nport={self.port}\nuser={user}\npassword={_option_value(password)}\n"
         return _write_private(self.dir / f"client-{user}.cnf", text)
 
     def password_for(self, user: str) -> str:
@@ -482,7 +481,8 @@ class MariaDB(ScratchServer):
             f"--tmpdir={self.dir / 'tmp'}",
             "--innodb-buffer-pool-size=64M",
             f"--innodb-log-file-size={_INNODB_LOG_SIZE}",
-            "--innodb-flush-log-at-trx-commit=2",
+            "--innodb-flush-log-at-trx-commit=2",  # survives kill(); only an OS crash loses commits
+            "--innodb-doublewrite=0",
             "--skip-log-bin",
             "--event-scheduler=ON",
             "--performance-schema=OFF",

@@ -192,8 +192,7 @@ class MongoArchiveChecker(FormatChecker):
             item = bytes(self._pending)
             self._pending.clear()
             self._base = self._pending_at
-            if self._scan(item, 0) != len(item):  # pragma: no cover - a complete item is always consumed
-                raise AssertionError("complete item not consumed")
+            self._scan(item, 0)  # a complete item: always consumed whole
             if self._state == _FAILED:
                 return
         self._base = at
@@ -357,15 +356,13 @@ class MongoArchiveChecker(FormatChecker):
 
     def _document(self, buf: bytes, pos: int, end: int) -> None:
         state = self._state
-        if state == _SEGMENT:  # only reached for a document completed across chunks
-            self._run(buf, pos, end)
-        elif state == _BLOCK:
+        if state == _BLOCK:
             self._namespace_header(bytes(buf[pos:end]), pos)
         elif state == _PRELUDE:
             self._prelude_entry(bytes(buf[pos:end]), pos)
         elif state == _HEADER:
             self._archive_header(bytes(buf[pos:end]), pos)
-        else:
+        else:  # _AFTER_EOF (documents of a _SEGMENT never get here: _scan hands them to _run)
             name = self._cur.key if self._cur else "?"
             self._fail(pos, f"document after the EOF header of namespace {name}")
 
@@ -420,8 +417,7 @@ class MongoArchiveChecker(FormatChecker):
             else:
                 why = _short(parsed) if isinstance(parsed, BaseException) else "not a JSON object"
                 self._errors.append(
-                    f"prelude metadata for {ns.name} at offset {self._base + pos} is not valid "
-                    f"Extended JSON: {why}"
+                    f"prelude metadata for {ns.name} at offset {self._base + pos} is not valid Extended JSON: {why}"
                 )
         elif not ns.is_oplog:
             self._warnings.append(f"prelude entry {ns.name} has empty metadata")
@@ -655,9 +651,7 @@ class ArchiveWriter:
         }
         out.write(MAGIC + bson.encode(header))
 
-    def add_namespace(
-        self, db: str, coll: str, metadata: Mapping[str, Any], type: str = "collection"
-    ) -> None:
+    def add_namespace(self, db: str, coll: str, metadata: Mapping[str, Any], type: str = "collection") -> None:
         """Add one prelude entry. `metadata` holds options/indexes/uuid as listCollections gives them."""
         if self._phase != 0:
             raise ValueError("add_namespace() after begin_body()")
@@ -671,9 +665,7 @@ class ArchiveWriter:
             raise ValueError(f"namespace {ns.name} added twice")
         entry = {"db": db, "collection": coll, "metadata": text, "size": 0, "type": type}
         self.out.write(bson.encode(entry))
-        header = bson.encode(
-            {"db": data_ns.db, "collection": data_ns.collection, "EOF": False, "CRC": Int64(0)}
-        )
+        header = bson.encode({"db": data_ns.db, "collection": data_ns.collection, "EOF": False, "CRC": Int64(0)})
         rec = _WriterNs(data_ns=data_ns, header=header)
         self._records.append(rec)
         for alias in aliases:

@@ -11,7 +11,7 @@ from typing import Any
 from backupd.config import FilesJob, FilesPart, SSHCfg
 from backupd.errors import StepError
 from backupd.formats.tarball import TarChecker
-from backupd.procs import last_line, run_capture, stream_command
+from backupd.procs import describe_exit, last_line, run_capture, stream_command
 from backupd.remote import rsync_argv
 from backupd.sources import DumpContext
 from backupd.store import ensure_private_dir
@@ -43,7 +43,7 @@ def sync(ctx: DumpContext, part: FilesPart, ssh: SSHCfg | None) -> dict[str, Any
     try:
         result = stream_command(tar_argv(str(mirror)), writer)
         if result.returncode != 0:
-            raise StepError("tar", f"tar exited {result.returncode}: {last_line(result.stderr)}", host=host)
+            raise StepError("tar", f"tar {describe_exit(result.returncode)}: {last_line(result.stderr)}", host=host)
     except BaseException:
         writer.abort()
         raise

@@ -16,7 +16,7 @@ from typing import Any
 from backupd.config import MySQLJob, MySQLPart, SSHCfg, read_secret
 from backupd.errors import StepError
 from backupd.formats.sqldump import SqlDumpChecker
-from backupd.procs import CommandResult, last_line, run_capture, stream_command
+from backupd.procs import CommandResult, describe_exit, last_line, run_capture, stream_command
 from backupd.remote import connect, remote_run, remote_stream
 from backupd.sources import DumpContext
 from backupd.store import write_private_file
@@ -73,7 +73,7 @@ def _judge(result: CommandResult, database: str, host: str) -> None:
     if result.returncode != 0:
         bad = alarming(result.stderr) or result.stderr
         raise StepError(
-            "dump", f"database {database}: dump exited {result.returncode}: {last_line(bad)}", host=host
+            "dump", f"database {database}: dump {describe_exit(result.returncode)}: {last_line(bad)}", host=host
         )
     bad = alarming(result.stderr)
     if bad:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import struct
 import uuid
@@ -15,6 +16,8 @@ import pytest
 from bson.int64 import Int64
 from bson.json_util import loads
 from bson.timestamp import Timestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backupd.formats.base import CheckResult
 from backupd.formats.mongo_archive import (
@@ -252,9 +255,7 @@ def header(db: str, coll: str, eof: bool = False, crc: int = 0) -> bytes:
 
 
 def prelude(*namespaces: tuple[str, str]) -> bytes:
-    head = bson.encode(
-        {"concurrent_collections": 1, "version": "0.1", "server_version": "7.0.0", "tool_version": "t"}
-    )
+    head = bson.encode({"concurrent_collections": 1, "version": "0.1", "server_version": "7.0.0", "tool_version": "t"})
     entries = b"".join(
         bson.encode({"db": d, "collection": c, "metadata": '{"indexes":[]}', "size": 0, "type": "collection"})
         for d, c in namespaces
@@ -314,9 +315,7 @@ def test_missing_prelude_namespace_is_reported() -> None:
 def build_archive() -> tuple[bytes, dict[str, list[bytes]]]:
     """Several namespaces: interleaved segments, an empty collection, a view, timeseries and the oplog."""
     out = io.BytesIO()
-    writer = ArchiveWriter(
-        out, server_version="7.0.14", tool_version="backupd-test", concurrent_collections=2
-    )
+    writer = ArchiveWriter(out, server_version="7.0.14", tool_version="backupd-test", concurrent_collections=2)
     index = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
     writer.add_namespace("shop", "orders", {"indexes": [index], "uuid": uuid.UUID(int=1)}, "collection")
     writer.add_namespace("shop", "users", {"indexes": [index], "options": {"validationLevel": "strict"}})
@@ -386,6 +385,25 @@ def test_writer_output_passes_the_checker_with_matching_counts() -> None:
         assert check(data, chunk).to_dict() == result.to_dict()
 
 
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12), corrupt=st.booleans())
+def test_any_chunk_boundaries_give_the_same_result(cuts: list[int], corrupt: bool) -> None:
+    data, _ = build_archive()
+    if corrupt:
+        pos, size = body_documents(data)[20]
+        data = flip(data, pos + size // 2)
+    checker = MongoArchiveChecker()
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    for a, b in itertools.pairwise(bounds):
+        checker.feed(data[a:b])
+    assert checker.finish().to_dict() == check(data).to_dict()
+
+
+def test_describe_handles_a_failed_result() -> None:
+    lines = describe(check(b"junk"))
+    assert lines and "?" in lines[0]
+
+
 def test_reader_round_trip() -> None:
     data, expected = build_archive()
     stream = iter_archive(io.BytesIO(data))
@@ -442,9 +460,7 @@ def test_writer_reproduces_mongodump_bytes(name: str) -> None:
     data = fixture(name)
     prelude_, docs = open_archive(io.BytesIO(data))
     out = io.BytesIO()
-    writer = ArchiveWriter(
-        out, prelude_.server_version, prelude_.tool_version, prelude_.concurrent_collections
-    )
+    writer = ArchiveWriter(out, prelude_.server_version, prelude_.tool_version, prelude_.concurrent_collections)
     head_len = out.tell()
     for entry in prelude_.entries:
         writer.add_namespace(entry.db, entry.collection, entry.metadata, entry.type)

@@ -164,9 +164,7 @@ def test_santiago_midnight_fall_back() -> None:
 
 def test_keep_last_and_yearly() -> None:
     backups = [good(f"y{y}", datetime(y, 6, 1, tzinfo=UTC)) for y in range(2020, 2027)]
-    decisions = plan(
-        backups, Policy(keep_last=1, keep_yearly=3), now=datetime(2027, 1, 1, tzinfo=UTC), tz="UTC"
-    )
+    decisions = plan(backups, Policy(keep_last=1, keep_yearly=3), now=datetime(2027, 1, 1, tzinfo=UTC), tz="UTC")
     assert kept(decisions) == {"y2026", "y2025", "y2024"}
     assert by_id(decisions)["y2026"].reasons == ("last 1", "yearly 2026", "newest verified")
 
@@ -448,8 +446,7 @@ def test_invariant_4_unverified_runs_never_use_a_slot(
 ) -> None:
     history, policy, now, zone = case
     failed = [  # a random mix of unverified and uncommitted runs, never both flags true
-        Backup(b.backup_id, b.time, b.committed, b.verified and not b.committed, b.needs_s3, b.in_s3)
-        for b in extra
+        Backup(b.backup_id, b.time, b.committed, b.verified and not b.committed, b.needs_s3, b.in_s3) for b in extra
     ]
     before = by_id(plan(history, policy, now, zone))
     after = by_id(plan(history + failed, policy, now, zone))

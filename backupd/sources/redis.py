@@ -1,0 +1,490 @@
+"""Redis: commit only a fresh, complete, verified RDB copied from a healthy replica.
+
+Copying "the latest dump.rdb" naively can ship a stale file (no save since yesterday) or one from a replica
+that is resyncing. So a run (1) gates on the server's replication/persistence state over the Redis protocol,
+(2) makes a fresh BGSAVE and proves it finished (LASTSAVE advanced, status ok), (3) rsyncs the file into the
+job's staging mirror (delta transfer) with `stat` before and after to catch a file replaced mid-copy, and
+(4) streams the staged copy through the pipeline (zstd + sha256 + RDB CRC check) while `redis-check-rdb`
+decodes every value of the same copy. Each refusal is one line naming the host and the field that failed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from backupd.config import RedisJob, SSHCfg, read_secret
+from backupd.errors import StepError
+from backupd.formats.rdb import RdbChecker
+from backupd.pipeline import pump
+from backupd.procs import last_line, run_capture
+from backupd.remote import connect, remote_run, ssh_options
+from backupd.sources import DumpContext
+from backupd.store import ensure_private_dir
+
+STAGED_NAME = "dump.rdb"
+POLL_MAX = 0.5  # seconds between INFO polls once a save is slow
+CHECK_RDB_TIMEOUT = 6 * 3600
+_BUSY_RDB = "already in progress"
+_BUSY_CHILD = "another child process is active"
+_CHECK_INFO = re.compile(r"^\[info\] (\d+) (keys read|expires|already expired)$")
+
+
+def host_label(job: RedisJob) -> str:
+    return f"{job.host}:{job.port}"
+
+
+def client(job: RedisJob, timeout: float = 30.0) -> redis.Redis:
+    """A redis-py client; the password (from password_file) only ever travels in AUTH over the socket."""
+    return redis.Redis(
+        host=job.host,
+        port=job.port,
+        password=read_secret(job.password_file),
+        socket_timeout=timeout,
+        socket_connect_timeout=min(timeout, 10.0),
+        decode_responses=False,
+    )
+
+
+def redis_error(exc: Exception, job: RedisJob, step: str) -> StepError:
+    """One line for a redis-py error; never echoes the password."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text or "invalid password" in text:
+        msg = "authentication failed: the password in password_file was refused"
+    elif "NOAUTH" in text or "Authentication required" in text:
+        msg = "authentication required: set password_file"
+    elif isinstance(exc, redis.TimeoutError):
+        msg = f"timed out talking to Redis ({text})"
+    elif isinstance(exc, redis.ConnectionError):
+        msg = f"cannot connect to Redis: {text}"
+    else:
+        msg = f"Redis replied: {text}"
+    return StepError(step, msg, job=None, host=host_label(job))
+
+
+# ---------------------------------------------------------------- 1. health gate
+
+
+def health_problems(info: dict[str, Any], require_replica: bool) -> list[str]:
+    """Every reason the server's state forbids a backup, from INFO replication + persistence (pure)."""
+    problems: list[str] = []
+    role = str(info.get("role", "?"))
+    if require_replica and role != "slave":
+        problems.append(f"role is {role} (require_replica = true: point the job at a replica)")
+    if role == "slave":
+        link = str(info.get("master_link_status", "?"))
+        if link != "up":
+            since = info.get("master_link_down_since_seconds")
+            ago = f", down for {since}s" if since is not None else ""
+            problems.append(f"master_link_status is {link}{ago} (require an up link to the master)")
+        if int(info.get("master_sync_in_progress", 0)):
+            problems.append("master_sync_in_progress is 1 (a full resync from the master is running)")
+    for field in ("loading", "async_loading"):
+        if int(info.get(field, 0)):
+            problems.append(f"{field} is 1 (the server is loading a dataset)")
+    return problems
+
+
+def health_gate(conn: redis.Redis, job: RedisJob) -> dict[str, Any]:
+    """Refuse a server that is not a linked, idle replica; returns the INFO fields the manifest records."""
+    info: dict[str, Any] = {}
+    for section in ("server", "replication", "persistence"):
+        info.update(conn.info(section))
+    problems = health_problems(info, job.require_replica)
+    if problems:
+        raise StepError("health", problems[0], host=host_label(job))
+    return info
+
+
+# ---------------------------------------------------------------- 2. fresh dump
+
+
+def _lastsave(conn: redis.Redis) -> int:
+    return int(conn.info("persistence")["rdb_last_save_time"])
+
+
+def _server_now(conn: redis.Redis) -> int:
+    sec, _usec = conn.time()
+    return int(sec)
+
+
+def _poll(conn: redis.Redis, deadline: float, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """INFO persistence until `done(info)` or the deadline; None on timeout."""
+    delay = 0.02
+    while True:
+        info: dict[str, Any] = conn.info("persistence")
+        if done(info):
+            return info
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, POLL_MAX)
+
+
+@dataclass
+class SaveResult:
+    lastsave_before: int
+    lastsave: int
+    requested_at: int  # server clock when BGSAVE was sent: the RDB's ctime must not be older
+    seconds: float
+    scheduled: bool
+    waited_for_running: bool
+
+
+def fresh_bgsave(conn: redis.Redis, job: RedisJob, timeout: float) -> SaveResult:
+    """BGSAVE and wait until it provably finished: LASTSAVE advanced and rdb_last_bgsave_status is ok.
+
+    LASTSAVE has one-second resolution, so we first let the server's clock pass the previous LASTSAVE;
+    "advanced" then cannot be confused with a save made earlier in the same second.
+    """
+    host = host_label(job)
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    before = _lastsave(conn)
+    while _server_now(conn) <= before:
+        time.sleep(0.05)
+    requested = _server_now(conn)
+    scheduled = waited = False
+    while True:
+        try:
+            conn.bgsave()
+            break
+        except redis.ResponseError as exc:
+            text = str(exc).lower()
+            if _BUSY_RDB in text:
+                # Someone else's BGSAVE (maybe started before we noted LASTSAVE): let it end, then ours.
+                waited = True
+                if _poll(conn, deadline, lambda i: not int(i["rdb_bgsave_in_progress"])) is None:
+                    raise StepError(
+                        "bgsave",
+                        f"another BGSAVE was still running after {timeout:.0f}s (bgsave_timeout)",
+                        host=host,
+                    ) from None
+                continue
+            if _BUSY_CHILD in text:
+                conn.bgsave(schedule=True)  # starts as soon as the AOF rewrite (or module fork) ends
+                scheduled = True
+                break
+            raise StepError("bgsave", f"BGSAVE refused: {' '.join(str(exc).split())}", host=host) from None
+
+    def finished(info: dict[str, Any]) -> bool:
+        if int(info["rdb_bgsave_in_progress"]):
+            return False
+        if int(info["rdb_last_save_time"]) > before:
+            return True
+        # not running and LASTSAVE unchanged: ours failed (or a scheduled one has not started yet)
+        return not scheduled and info.get("rdb_last_bgsave_status") == "err"
+
+    info = _poll(conn, deadline, finished)
+    if info is None:
+        raise StepError("bgsave", f"BGSAVE did not finish within {timeout:.0f}s (bgsave_timeout)", host=host)
+    status = info.get("rdb_last_bgsave_status")
+    if status != "ok":
+        raise StepError(
+            "bgsave",
+            f"rdb_last_bgsave_status is {status} (BGSAVE failed: see the Redis log on {host})",
+            host=host,
+        )
+    after = int(info["rdb_last_save_time"])
+    if after <= before:
+        raise StepError("bgsave", f"LASTSAVE did not advance past {before} (no new dump was written)", host=host)
+    return SaveResult(before, after, requested, time.monotonic() - t0, scheduled, waited)
+
+
+# ---------------------------------------------------------------- 3. locate, stat, copy
+
+
+def locate(conn: redis.Redis, job: RedisJob) -> str:
+    """The RDB's path on the Redis host: `rdb_path`, else CONFIG GET dir + dbfilename."""
+    if job.rdb_path:
+        return job.rdb_path
+    try:
+        directory = conn.config_get("dir").get("dir")
+        name = conn.config_get("dbfilename").get("dbfilename")
+    except redis.ResponseError as exc:
+        raise StepError(
+            "locate",
+            f"CONFIG GET is unavailable ({' '.join(str(exc).split())}): set rdb_path in the job",
+            host=host_label(job),
+        ) from None
+    if not directory or not name:
+        raise StepError("locate", "CONFIG GET dir/dbfilename returned nothing: set rdb_path", host=host_label(job))
+    return f"{directory.rstrip('/')}/{name}"
+
+
+@dataclass(frozen=True)
+class FileState:
+    size: int
+    mtime: int
+    inode: int
+    now: int  # the file host's clock, for max_age without trusting clock sync
+
+
+class FileProbe:
+    """`stat` of the RDB where it lives: over SSH (Fabric) when the job has [ssh], else locally."""
+
+    def __init__(self, ssh: SSHCfg | None, path: str) -> None:
+        self.ssh = ssh
+        self.path = path
+        self.host = ssh.label if ssh else "localhost"
+        self._conn: Any = None
+        self._cm: Any = None
+
+    def __enter__(self) -> FileProbe:
+        if self.ssh is not None:
+            self._cm = connect(self.ssh)
+            self._conn = self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+
+    def stat(self) -> FileState:
+        if self._conn is None:
+            try:
+                st = os.stat(self.path)
+            except OSError as exc:
+                raise StepError("stat", f"{self.path}: {exc.strerror}", host=self.host) from None
+            return FileState(st.st_size, int(st.st_mtime), st.st_ino, int(time.time()))
+        cmd = f"stat -L -c '%s %Y %i' -- {shlex.quote(self.path)} && date +%s"
+        rc, out, err = remote_run(self._conn, cmd)
+        fields = out.split()
+        if rc != 0 or len(fields) != 4:
+            raise StepError("stat", f"{self.path}: {last_line(err)}", host=self.host)
+        size, mtime, inode, now = (int(x) for x in fields)
+        return FileState(size, mtime, inode, now)
+
+
+def rsync_file_argv(ssh: SSHCfg | None, path: str, dest: Path) -> list[str]:
+    """rsync of one file into the staging mirror.
+
+    --inplace rewrites the previous copy (no second multi-GB temp file) and, over SSH, --no-whole-file
+    keeps the delta algorithm on so unchanged blocks are not sent again. --ignore-times always compares
+    content: a new dump can have the old one's size and mtime second. Locally a whole-file copy is cheaper.
+    """
+    argv = ["rsync", "--inplace", "--ignore-times", "--times", "--stats", "--protect-args"]
+    src = path
+    if ssh is not None:
+        argv += ["--no-whole-file", "-e", shlex.join(["ssh", *ssh_options(ssh)])]
+        src = f"{ssh.target}:{path}"
+    return [*argv, "--", src, str(dest)]
+
+
+def _rsync_stats(stdout: str) -> dict[str, str]:
+    keep = ("Total file size", "Literal data", "Matched data", "Total bytes received")
+    out: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in keep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def copy_stable(probe: FileProbe, ctx: DumpContext, dest: Path) -> tuple[FileState, dict[str, str]]:
+    """rsync the file; if stat shows it changed during the copy, retry once, then fail."""
+    for attempt in (1, 2):
+        before = probe.stat()
+        ctx.events.event("step", step="rsync", host=probe.host, path=probe.path, bytes=before.size)
+        proc = run_capture(rsync_file_argv(probe.ssh, probe.path, dest), timeout=None)
+        if proc.returncode != 0:
+            lines = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("rsync error:")]
+            raise StepError("rsync", f"rsync exited {proc.returncode}: {last_line(lines)}", host=probe.host)
+        after = probe.stat()
+        staged = dest.stat().st_size
+        if (before.size, before.mtime, before.inode) == (after.size, after.mtime, after.inode):
+            if staged != after.size:
+                raise StepError(
+                    "rsync", f"staged copy has {staged} bytes, {probe.path} has {after.size}", host=probe.host
+                )
+            return after, _rsync_stats(proc.stdout)
+        ctx.events.event("warning", step="rsync", host=probe.host, message=f"{probe.path} changed during copy")
+        if attempt == 2:
+            raise StepError(
+                "rsync", f"{probe.path} changed during the copy twice (size/mtime/inode moved)", host=probe.host
+            )
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- 4. verify + stream
+
+
+def check_rdb_argv(tool: str, path: Path) -> list[str]:
+    return [tool, str(path)]
+
+
+def parse_check_rdb(output: str) -> dict[str, Any]:
+    """redis-check-rdb's verdict: ok flag, key/expiry counts, the first error line, or 'unsupported'."""
+    res: dict[str, Any] = {"ok": "RDB looks OK" in output}
+    names = {"keys read": "keys", "expires": "expires", "already expired": "already_expired"}
+    lines = [x.strip() for x in output.splitlines()]
+    for line in lines:
+        m = _CHECK_INFO.match(line)
+        if m:
+            res[names[m.group(2)]] = int(m.group(1))
+        if "Can't handle RDB format version" in line:
+            res["unsupported"] = line.split("]", 1)[-1].strip()
+    if not res["ok"]:
+        if "--- RDB ERROR DETECTED ---" in lines:
+            after = lines[lines.index("--- RDB ERROR DETECTED ---") + 1 :]
+            detail = [x for x in after if x and not x.startswith("[info]")]
+            res["error"] = "; ".join(detail[:2]) or "RDB ERROR DETECTED"
+        else:
+            res["error"] = last_line(lines, "no verdict printed")
+    return res
+
+
+def stream_staged(ctx: DumpContext, staged: Path, host: str) -> tuple[Any, dict[str, Any] | None]:
+    """Pipeline the staged copy into dump.rdb.zst while redis-check-rdb decodes it on the other core."""
+    tool = shutil.which("redis-check-rdb")
+    checker_proc: subprocess.Popen[bytes] | None = None
+    if tool is not None:
+        checker_proc = subprocess.Popen(
+            check_rdb_argv(tool, staged), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    writer = ctx.artifact("dump", "redis-rdb", ".rdb", RdbChecker())
+    try:
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            pump(lambda n: os.read(fd, n), writer)
+        finally:
+            os.close(fd)
+        check: dict[str, Any] | None = None
+        if checker_proc is not None:
+            out, _ = checker_proc.communicate(timeout=CHECK_RDB_TIMEOUT)
+            check = parse_check_rdb(out.decode("utf-8", "replace"))
+            check["exit"] = checker_proc.returncode
+    except BaseException:
+        writer.abort()
+        if checker_proc is not None and checker_proc.poll() is None:
+            checker_proc.kill()
+            checker_proc.wait()
+        raise
+    return writer.close(), check
+
+
+# ---------------------------------------------------------------- source interface
+
+
+def check(job: RedisJob, ctx: DumpContext) -> None:
+    """The health gate at the start of dump() is the precondition check."""
+
+
+def check_reachable(job: RedisJob) -> str:
+    """check-config --connect: PING and the role, without saving anything."""
+    try:
+        with client(job, timeout=10.0) as conn:
+            conn.ping()
+            info = conn.info("replication")
+            version = conn.info("server").get("redis_version", "?")
+    except redis.RedisError as exc:
+        raise redis_error(exc, job, "connect") from None
+    role = info.get("role", "?")
+    link = f", link {info.get('master_link_status', '?')}" if role == "slave" else ""
+    return f"redis {host_label(job)} {version} role {role}{link}"
+
+
+def _keyspace(conn: redis.Redis) -> dict[str, Any]:
+    return {str(db): dict(v) for db, v in conn.info("keyspace").items()}
+
+
+def dump(job: RedisJob, ctx: DumpContext) -> dict[str, Any]:
+    host = host_label(job)
+    step = "connect"
+    try:
+        with client(job) as conn:
+            conn.ping()
+            step = "health"
+            ctx.events.event("step", step="health", host=host)
+            info = health_gate(conn, job)
+            path = locate(conn, job)
+            save: SaveResult | None = None
+            if job.bgsave:
+                step = "bgsave"
+                ctx.events.event("step", step="bgsave", host=host)
+                save = fresh_bgsave(conn, job, float(job.bgsave_timeout))
+                step = "health"
+                info = health_gate(conn, job)  # the link may have dropped while we saved
+            keyspace = _keyspace(conn)
+    except redis.RedisError as exc:
+        raise redis_error(exc, job, step) from None
+
+    staging = ensure_private_dir(ctx.staging_dir / "redis")
+    staged = staging / STAGED_NAME
+    with FileProbe(job.ssh, path) as probe:
+        state = probe.stat()
+        if not job.bgsave and state.now - state.mtime > job.max_age:
+            raise StepError(
+                "freshness",
+                f"{path} is {state.now - state.mtime}s old, older than max_age {job.max_age}s (bgsave = false)",
+                host=probe.host,
+            )
+        state, rsync_stats = copy_stable(probe, ctx, staged)
+
+    ctx.events.event("step", step="verify", host=host, path=str(staged))
+    art, check_rdb = stream_staged(ctx, staged, host)
+    result = art.check
+    assert result is not None
+    if not result.ok:
+        ctx.add(art)
+        raise StepError("verify", f"dump.rdb: {result.errors[0]}", host=host)
+    ctime = result.facts.get("ctime")
+    if save is not None and isinstance(ctime, int) and ctime < save.requested_at:
+        ctx.add(art)
+        raise StepError(
+            "verify",
+            f"{path} was saved at {ctime}, before our BGSAVE at {save.requested_at}: stale file "
+            "(is rdb_path the file this server writes?)",
+            host=host,
+        )
+    keys_hint = sum(result.stats.get("keys_hint", {}).values())
+    if check_rdb is not None and "unsupported" not in check_rdb:
+        if not check_rdb["ok"]:
+            ctx.add(art)
+            raise StepError("redis-check-rdb", f"dump.rdb: {check_rdb.get('error')}", host=host)
+        result.stats["keys"] = check_rdb.get("keys", 0)
+        result.stats["keys_source"] = "redis-check-rdb"
+    elif keys_hint or not keyspace:
+        result.stats["keys"] = keys_hint
+        result.stats["keys_source"] = "rdb-header"
+    else:
+        result.stats["keys"] = sum(int(v.get("keys", 0)) for v in keyspace.values())
+        result.stats["keys_source"] = "info-keyspace"
+    ctx.add(art)
+
+    facts: dict[str, Any] = {
+        "host": host,
+        "role": info.get("role"),
+        "redis_version": info.get("redis_version"),
+        "master_link_status": info.get("master_link_status"),
+        "master_repl_offset": info.get("master_repl_offset"),
+        "slave_repl_offset": info.get("slave_repl_offset"),
+        "keyspace": keyspace,
+        "rdb_path": path,
+        "file_host": probe.host,
+        "file_bytes": state.size,
+        "file_mtime": state.mtime,
+        "rsync": rsync_stats,
+        "redis_check_rdb": check_rdb if check_rdb is not None else "not installed",
+    }
+    if save is not None:
+        facts.update(
+            lastsave_before=save.lastsave_before,
+            lastsave=save.lastsave,
+            bgsave_seconds=round(save.seconds, 3),
+            bgsave_scheduled=save.scheduled,
+            bgsave_waited_for_running=save.waited_for_running,
+        )
+    else:
+        facts.update(lastsave=int(info.get("rdb_last_save_time", 0)), file_age=state.now - state.mtime)
+    return facts

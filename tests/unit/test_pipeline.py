@@ -1,0 +1,96 @@
+"""The streaming pipeline: what goes in comes out, hashed, compressed, 0600, with the checker fed."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from backupd.formats.base import CheckResult, FormatChecker
+from backupd.pipeline import ArtifactWriter
+from backupd.store import Store
+
+
+class CountingChecker(FormatChecker):
+    format = "test"
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.chunks = 0
+
+    def feed(self, data: bytes) -> None:
+        self.n += len(data)
+        self.chunks += 1
+
+    def finish(self) -> CheckResult:
+        return CheckResult("test", ok=self.n > 0, stats={"bytes": self.n})
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "gzip", "none"])
+def test_roundtrip_hash_and_mode(tmp_path: Path, algorithm: str) -> None:
+    payload = os.urandom(3 << 20) + b"tail" * 100_000
+    checker = CountingChecker()
+    w = ArtifactWriter(tmp_path, "data", "test", ".bin", algorithm=algorithm, level=3, checker=checker)
+    for i in range(0, len(payload), 100_000):
+        w.write(payload[i : i + 100_000])
+    res = w.close()
+    stored = (tmp_path / res.file).read_bytes()
+    assert res.bytes == len(stored)
+    assert res.raw_bytes == len(payload)
+    assert res.sha256 == hashlib.sha256(stored).hexdigest()
+    assert checker.n == len(payload) and res.check is not None and res.check.ok
+    assert stat.S_IMODE((tmp_path / res.file).stat().st_mode) == 0o600
+    if algorithm == "zstd":
+        assert res.file == "data.bin.zst"
+        assert zstandard.ZstdDecompressor().decompress(stored, max_output_size=len(payload)) == payload
+    elif algorithm == "gzip":
+        assert res.file == "data.bin.gz"
+        assert gzip.decompress(stored) == payload
+    else:
+        assert stored == payload
+
+
+def test_abort_removes_the_file(tmp_path: Path) -> None:
+    w = ArtifactWriter(tmp_path, "data", "test", ".bin")
+    w.write(b"x" * 1000)
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_error_surfaces_to_the_caller(tmp_path: Path) -> None:
+    """ENOSPC and friends from the worker thread must reach the run, not vanish in a thread."""
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("/dev/full is not available on this machine")
+    w = ArtifactWriter(tmp_path, "data", "test", ".bin", algorithm="none")
+    os.dup2(os.open(full, os.O_WRONLY), w._fh.fileno())
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(100):
+            w.write(os.urandom(1 << 20))
+        w.close()
+    w.abort()
+
+
+def test_store_commit_is_atomic_and_private(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    store = Store(tmp_path / "store")
+    when = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+    bid, partial = store.new_partial("job", when)
+    assert bid == "20261128T120000Z" and partial.name == ".partial-20261128T120000Z"
+    assert store.backups("job") == []  # a partial is never listed
+    (partial / "a.bin").write_bytes(b"abc")
+    final = store.commit("job", bid, partial, {"job": "job", "verified": True, "artifacts": []})
+    assert final.name == bid and not partial.exists()
+    assert [b.backup_id for b in store.backups("job")] == [bid]
+    assert stat.S_IMODE(final.stat().st_mode) == 0o700
+    assert stat.S_IMODE((final / "manifest.json").stat().st_mode) == 0o600
+    # the same second again gets the next id instead of clobbering
+    bid2, partial2 = store.new_partial("job", when)
+    assert bid2 == "20261128T120001Z"
+    assert store.sweep_partials("job") == [partial2]
