@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS backups (
     raw_bytes INTEGER NOT NULL,
     verified INTEGER NOT NULL,
     verified_at TEXT,
-    s3_state TEXT NOT NULL DEFAULT 'none',   -- none | pending | copied | failed
+    s3_state TEXT NOT NULL DEFAULT 'none',   -- none | pending | copied | failed | pruned
     s3_checked_at TEXT,
     s3_error TEXT,
     deleted_at TEXT,
@@ -93,10 +93,17 @@ class Catalog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(SCHEMA)
+        self._migrate()
         for suffix in ("-wal", "-shm"):
             side = Path(str(self.path) + suffix)
             if side.exists():
                 os.chmod(side, FILE_MODE)
+
+    def _migrate(self) -> None:
+        """Columns added after the first release (catalogs created earlier get them on open)."""
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(backups)")}
+        if "s3_checksums" not in have:  # JSON {file: checksum S3 reported when the copy was checked}
+            self.db.execute("ALTER TABLE backups ADD COLUMN s3_checksums TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -235,6 +242,42 @@ class Catalog:
             (state, now_iso(), error, job, backup_id),
         )
 
+    def set_s3_copied(self, job: str, backup_id: str, checksums: dict[str, str]) -> None:
+        """The copy was uploaded and checked: remember what S3 reported, to re-check it later."""
+        self.db.execute(
+            "UPDATE backups SET s3_state='copied', s3_checked_at=?, s3_error=NULL, s3_checksums=?"
+            " WHERE job=? AND backup_id=?",
+            (now_iso(), json.dumps(checksums, sort_keys=True), job, backup_id),
+        )
+
+    def retention_rows(self, job: str) -> dict[str, tuple[bool, str]]:
+        """backup_id -> (verified, s3_state) for every row of a job; no manifests, so 100k rows stay fast."""
+        q = "SELECT backup_id, verified, s3_state FROM backups WHERE job=?"
+        return {r[0]: (bool(r[1]), r[2]) for r in self.db.execute(q, (job,))}
+
+    def s3_rows(self, job: str | None = None) -> list[sqlite3.Row]:
+        """Rows with a copy in S3 or one owed to it (locally deleted ones included)."""
+        q = "SELECT * FROM backups WHERE s3_state IN ('pending', 'copied', 'failed')"
+        args: list[Any] = []
+        if job:
+            q += " AND job=?"
+            args.append(job)
+        return list(self.db.execute(q + " ORDER BY job, backup_id", args))
+
+    def mark_missing_deleted(self, job: str, present: set[str], reason: str) -> int:
+        """Rows whose directory is gone (a prune killed between rename and catalog update) become deleted."""
+        gone = [
+            r[0]
+            for r in self.db.execute("SELECT backup_id FROM backups WHERE job=? AND deleted_at IS NULL", (job,))
+            if r[0] not in present
+        ]
+        with self.tx() as db:
+            db.executemany(
+                "UPDATE backups SET deleted_at=?, delete_reason=? WHERE job=? AND backup_id=?",
+                [(now_iso(), reason, job, b) for b in gone],
+            )
+        return len(gone)
+
     def mark_deleted(self, job: str, backup_id: str, reason: str) -> None:
         self.db.execute(
             "UPDATE backups SET deleted_at=?, delete_reason=? WHERE job=? AND backup_id=?",
@@ -279,6 +322,10 @@ class Catalog:
         keep_s3 = {
             (r["job"], r["backup_id"]): r["s3_state"] for r in self.db.execute("SELECT * FROM backups")
         }
+        keep_sums = {
+            (r["job"], r["backup_id"]): r["s3_checksums"]
+            for r in self.db.execute("SELECT job, backup_id, s3_checksums FROM backups")
+        }
         with self.tx() as db:
             db.execute("DELETE FROM artifacts")
             db.execute("DELETE FROM backups")
@@ -286,5 +333,10 @@ class Catalog:
         for job in store.jobs():
             for b in store.backups(job):
                 self.record_backup(b, s3_state=keep_s3.get((job, b.backup_id), "none"))
+                if keep_sums.get((job, b.backup_id)):
+                    self.db.execute(
+                        "UPDATE backups SET s3_checksums=? WHERE job=? AND backup_id=?",
+                        (keep_sums[(job, b.backup_id)], job, b.backup_id),
+                    )
                 n += 1
         return n

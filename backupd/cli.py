@@ -281,7 +281,65 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"backupd: verify {r['job']}/{r['backup_id']}: {first['artifact']}: {first['problems'][0]}",
             file=sys.stderr,
         )
+    rc = EXIT_FAILED if bad else EXIT_OK
+    if args.s3:
+        rc = max(rc, _verify_s3(config, sorted({b.job for b in targets} if args.targets else names), args.json))
+    return rc
+
+
+def _verify_s3(config: Any, jobs: list[str], as_json: bool) -> int:
+    """`verify --s3`: re-check every copy in the bucket, re-ship pending/failed ones; exit 1 if any is bad."""
+    from backupd.s3 import verify_copies
+
+    if not config.settings.s3.enabled:
+        raise UsageError("verify --s3: s3 is not enabled in the configuration ([s3] enabled = true)")
+    catalog = _catalog(config)
+    try:
+        reports = verify_copies(config, jobs, catalog, events_for(config, quiet=True))
+    finally:
+        catalog.close()
+    if as_json:
+        print_json([r.__dict__ for r in reports])
+    else:
+        for r in reports:
+            print(f"s3 {r.job}/{r.backup_id}: {r.action}, {'ok' if r.ok else 'BAD'}")
+            for p in r.problems:
+                print(f"  {p}")
+        if not reports:
+            print("s3: no copies to check")
+    bad = [r for r in reports if not r.ok]
+    for r in bad:
+        print(f"backupd: verify --s3 {r.job}/{r.backup_id}: {r.problems[0]}", file=sys.stderr)
     return EXIT_FAILED if bad else EXIT_OK
+
+
+# ------------------------------------------------------------------ prune
+
+
+@command("prune")
+def cmd_prune(args: argparse.Namespace) -> int:
+    from backupd.prune import prune_jobs
+
+    config = load(args)
+    jobs = [args.job] if args.job else sorted(config.jobs)
+    for j in jobs:
+        config.job(j)
+    rows, errors = prune_jobs(config, jobs, events_for(config, quiet=True), dry_run=args.dry_run)
+    if args.json:
+        print_json([r.to_dict() for r in rows])
+    elif rows:
+        print_table(
+            ["JOB", "BACKUP", "WHERE", "ACTION", "WHY"],
+            [[r.job, r.backup_id, r.where, r.action, ", ".join(r.reasons)] for r in rows],
+        )
+        n = sum(1 for r in rows if not r.keep)
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{verb} {n} of {len(rows)}" + (" (dry run: nothing was deleted)" if args.dry_run else ""))
+    else:
+        print("no backups")
+    for e in errors:
+        print(f"backupd: {e}", file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
 
 
 @command("inspect")
@@ -360,7 +418,21 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     if args.catalog_cmd != "rebuild":
         raise UsageError("catalog: use 'catalog rebuild'")
     if getattr(args, "from_s3", False):
-        return not_implemented("catalog rebuild --from-s3")
+        from backupd.s3 import rebuild_from_s3
+
+        if not config.settings.s3.enabled:
+            raise UsageError("catalog rebuild --from-s3: s3 is not enabled in the configuration")
+        catalog = _catalog(config)
+        try:
+            n_local, n_s3 = rebuild_from_s3(config, catalog)
+        finally:
+            catalog.close()
+        s3 = config.settings.s3
+        print(
+            f"catalog rebuilt: {n_local} backup{'s' if n_local != 1 else ''} from {config.store_root}, "
+            f"{n_s3} from s3://{s3.bucket}/{s3.prefix}"
+        )
+        return EXIT_OK
     catalog = _catalog(config)
     try:
         n = catalog.rebuild(Store(config.store_root))
@@ -375,6 +447,158 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from backupd.demo import run_demo
 
     return run_demo(Path(args.dir) if args.dir else None, keep=args.keep)
+
+
+# ------------------------------------------------------------------ next / status / daemon / systemd-units
+
+
+@command("next")
+def cmd_next(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from backupd.daemon import upcoming
+    from backupd.schedule import format_local_and_utc
+
+    config = load(args)
+    if args.job:
+        config.job(args.job)
+    if not 1 <= args.count <= 1000:
+        raise UsageError(f"next: --count must be 1..1000, got {args.count}")
+    after = datetime.now(UTC)
+    if args.after:
+        try:
+            after = datetime.fromisoformat(args.after)
+        except ValueError:
+            raise UsageError(f"next: --after {args.after!r} is not an ISO 8601 time (e.g. 2026-03-29T01:00)") from None
+        if after.tzinfo is None:  # a naive time is read in the scheduler's zone, like the schedules
+            after = after.replace(tzinfo=ZoneInfo(config.settings.scheduler.timezone))
+    rows = upcoming(config, args.job, args.count, after)
+    if not rows:
+        print("no enabled jobs")
+    for r in rows:
+        label = f"{r['job']}" + (" (drill)" if r["kind"] == "drill" else "")
+        print(f"{label}: {r['schedule']} [{r['timezone']}]" + ("" if r["enabled"] else " disabled"))
+        for t in r["times"]:
+            print(f"  {format_local_and_utc(t, r['zone'])}")
+    return EXIT_OK
+
+
+def _when(value: str | None) -> str:
+    return value.replace("T", " ").replace("Z", " UTC") if value else "-"
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> int:
+    from backupd.status import all_status
+
+    config = load(args)
+    jobs = [s.to_json() for s in all_status(config)]
+    overdue = [j["job"] for j in jobs if j["overdue"]]
+    if args.json:
+        print_json(jobs)
+    elif not jobs:
+        print("no jobs configured")
+    else:
+        rows = []
+        for j in jobs:
+            last = j["last_run_outcome"] or "never"
+            if j["running"]:
+                last += " (running)"
+            drill = f"{j['last_drill_outcome']} {_when(j['last_drill_at'])}" if j["last_drill_outcome"] else "-"
+            rows.append([
+                j["job"], _when(j["last_success_at"]), human_age(j["last_success_age_seconds"]),
+                "OVERDUE" if j["overdue"] else ("disabled" if not j["enabled"] else "no"), last,
+                _when(j["next_run"]), drill,
+            ])
+        print_table(["JOB", "LAST GOOD BACKUP", "AGE", "OVERDUE", "LAST RUN", "NEXT RUN", "LAST DRILL"], rows)
+        for j in jobs:
+            if j["last_run_outcome"] == "failed" and j["last_run_error"]:
+                print(f"{j['job']}: last run failed: {j['last_run_error']}")
+            if j["last_drill_outcome"] == "failed" and j["last_drill_error"]:
+                print(f"{j['job']}: last drill failed: {j['last_drill_error']}")
+    if overdue:
+        print(f"backupd: overdue: {', '.join(overdue)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@command("daemon")
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from backupd.daemon import run_daemon
+
+    return run_daemon(load(args))
+
+
+@command("systemd-units")
+def cmd_systemd_units(args: argparse.Namespace) -> int:
+    from backupd.systemd_units import write_units
+
+    config = load(args)
+    out = Path(args.output) if args.output else Path("/etc/systemd/system")
+    written = write_units(config, out)
+    for path in written:
+        print(path)
+    timers = " ".join(f"backupd-run@{n}.timer" for n, j in sorted(config.jobs.items()) if j.enabled)
+    print(f"next: systemctl daemon-reload && systemctl enable --now {timers}" if timers else "no enabled jobs")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ restore / drill
+
+
+@command("restore")
+def cmd_restore(args: argparse.Namespace) -> int:
+    from backupd.logs import ByteProgress
+    from backupd.restore import RestoreRequest, restore
+    from backupd.runner import terminate_on_signals
+
+    config = load(args)
+    req = RestoreRequest(
+        args.job, args.backup, args.to, args.files_to, args.password_file, args.database, args.yes
+    )
+    began = datetime.now(UTC)
+    with terminate_on_signals(), ByteProgress(sys.stdout.isatty()) as progress:
+        task = progress.task(f"restore {args.job}")
+        backup, done = restore(config, req, progress=task.advance)
+    seconds = (datetime.now(UTC) - began).total_seconds()
+    for r in done:
+        objects = ", ".join(f"{v} {k}" for k, v in r.objects.items()) or "done"
+        print(f"{r.artifact} -> {r.target}: {objects} ({r.seconds:.1f}s)")
+    print(f"restored {args.job}/{backup.backup_id}: {len(done)} artifact(s) in {seconds:.1f}s")
+    return EXIT_OK
+
+
+def _cell(value: object, width: int = 60) -> str:
+    text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+@command("drill")
+def cmd_drill(args: argparse.Namespace) -> int:
+    from backupd.drill import drill_jobs
+    from backupd.runner import terminate_on_signals
+
+    config = load(args)
+    names = list(args.jobs) or sorted(n for n, j in config.jobs.items() if j.enabled)
+    if not names:
+        raise UsageError("drill: no jobs configured")
+    with terminate_on_signals():
+        reports = drill_jobs(config, names)
+    if args.json:
+        print_json([r.to_dict() for r in reports])
+    else:
+        for r in reports:
+            head = f"{r.job}/{r.backup_id or '-'}: drill {r.outcome.upper() if not r.ok else 'ok'}"
+            print(f"{head} (restore {r.restore_seconds:.1f}s)")
+            if r.checks:
+                print_table(
+                    ["CHECK", "EXPECTED", "ACTUAL", "OK"],
+                    [[c.check, _cell(c.expected), _cell(c.actual), "ok" if c.ok else "FAIL"] for c in r.checks],
+                )
+    for r in reports:
+        if not r.ok:
+            print(f"backupd: drill {r.job}: {r.error}", file=sys.stderr)
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 
 def not_implemented(what: str) -> int:
@@ -429,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", metavar="TARGET")
     s.add_argument("--files-to", metavar="DIR")
     s.add_argument("--yes", action="store_true", help="allow writing into a non-empty target")
+    s.add_argument("--password-file", metavar="FILE", help="target password (default: $BACKUPD_RESTORE_PASSWORD_FILE)")
+    s.add_argument("--database", metavar="NAME", help="restore only this database of a multi-database backup")
 
     s = sub.add_parser("drill", help="restore the latest backup into a scratch target and compare")
     s.add_argument("jobs", nargs="*", metavar="JOB")

@@ -86,6 +86,11 @@ class S3Cfg(Strict):
     sse: Literal["AES256", "aws:kms"] | None = None
     kms_key_id: str | None = None
     profile: str | None = None
+    # Transfers: botocore retries each request (standard mode, exponential backoff) up to max_attempts.
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    connect_timeout: Duration = 10
+    read_timeout: Duration = 120
+    max_concurrency: int = Field(default=8, ge=1, le=64)
 
     @model_validator(mode="after")
     def _complete(self) -> S3Cfg:

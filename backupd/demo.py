@@ -72,7 +72,74 @@ def stage_wordpress(env: DemoEnv) -> None:
     }
 
 
-STAGES: list[Callable[[DemoEnv], None]] = [stage_wordpress]
+def stage_mongo(env: DemoEnv) -> None:
+    """A scratch MongoDB (mongod if installed, else nx-27017) with a few collections, dumped natively
+    unless mongodump is installed (engine auto)."""
+    import datetime
+
+    from backupd.scratch import MongoServer
+
+    say("starting a sandbox MongoDB server")
+    server = env.stack.enter_context(MongoServer(env.base / "servers" / "mongo"))
+    env.servers["mongo"] = server
+    print(f"   {server.kind} on {server.uri}")
+    with server.client() as c:
+        start = datetime.datetime(2024, 1, 1)
+        c.shop.customers.insert_many(
+            [{"_id": i, "name": f"customer {i}", "since": start + datetime.timedelta(days=i)} for i in range(500)]
+        )
+        c.shop.customers.create_index("name")
+        c.shop.orders.insert_many([{"customer": i % 500, "total": i * 1.25, "lines": [i, i + 1]} for i in range(3000)])
+        c.shop.create_collection("returns")
+        c.logs.events.insert_many([{"level": "info", "msg": f"event {i}"} for i in range(1000)])
+    env.jobs["mongo"] = {"type": "mongodb", "schedule": "0 3 * * *", "uri": server.uri}
+
+
+def stage_redis(env: DemoEnv) -> None:
+    """A password-protected Redis master + replica with keys of every type; the job backs up the replica,
+    reaching its dump file through the demo's sshd (the WordPress stage's one, else a new one)."""
+    import secrets as secrets_mod
+
+    from backupd.sandbox import write_secret
+    from backupd.scratch import SSHD, Redis
+
+    say("starting a sandbox Redis master + replica")
+    password = "demo-" + secrets_mod.token_hex(8)
+    master = env.stack.enter_context(Redis(env.base / "servers" / "redis", password=password))
+    with master.client() as c:
+        pipe = c.pipeline(transaction=False)
+        for i in range(1000):
+            pipe.set(f"session:{i}", f"user-{i % 97}", ex=86400 if i % 2 else None)
+            pipe.hset(f"user:{i}", mapping={"name": f"user {i}", "visits": i})
+            pipe.rpush(f"queue:{i % 50}", f"job-{i}")
+            pipe.sadd(f"tags:{i % 100}", f"t{i}")
+            pipe.zadd("leaderboard", {f"player{i}": i * 3})
+            pipe.xadd("events", {"n": str(i)})
+        pipe.execute()
+    replica = env.stack.enter_context(Redis(env.base / "servers" / "redis", master=master, password=password))
+    replica.wait_replica_linked()
+    sshd = env.servers.get("sshd")
+    if sshd is None:
+        sshd = env.stack.enter_context(SSHD(env.base / "servers" / "sshd"))
+        env.servers["sshd"] = sshd
+    env.servers.update(redis_master=master, redis_replica=replica)
+    print(f"   master on 127.0.0.1:{master.port}, replica on 127.0.0.1:{replica.port}, sshd on {sshd.port}")
+    secrets_dir = env.base / "secrets"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    pw = write_secret(secrets_dir / "redis.password", password)
+    env.jobs["redis"] = {
+        "type": "redis",
+        "schedule": "15 * * * *",
+        "host": replica.host,
+        "port": replica.port,
+        "password_file": str(pw),
+        "require_replica": True,
+        "bgsave": True,
+        "ssh": sshd.ssh_config(),
+    }
+
+
+STAGES: list[Callable[[DemoEnv], None]] = [stage_wordpress, stage_mongo, stage_redis]
 
 
 def run_demo(directory: Path | None = None, keep: bool = False) -> int:
@@ -125,3 +192,14 @@ def run_demo(directory: Path | None = None, keep: bool = False) -> int:
 
 # Later stages (retention, S3, drills, daemon) append a callable(env, config_path) -> bool here.
 AFTER_RUN: list[Callable[[DemoEnv, str], bool]] = []
+
+
+def drill_demo_jobs(env: DemoEnv, config_path: str) -> bool:
+    """Restore every demo job's newest backup into throwaway servers and print the comparison table."""
+    from backupd.cli import main as cli_main
+
+    say("backupd drill (restore into scratch servers and compare with the dump-time stats)")
+    return cli_main(["--config", config_path, "drill"]) == EXIT_OK
+
+
+AFTER_RUN.append(drill_demo_jobs)

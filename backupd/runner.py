@@ -208,3 +208,14 @@ def after_commit(config: Config, name: str, backup: StoredBackup, catalog: Catal
 
 
 AFTER_COMMIT_HOOKS: list[Any] = []
+
+
+def _register_retention_hooks() -> None:
+    """S3 copy first (a backup not yet in S3 is never pruned), then local retention, then S3 retention."""
+    from backupd.prune import prune_hook, s3_prune_hook
+    from backupd.s3 import copy_hook
+
+    AFTER_COMMIT_HOOKS.extend([copy_hook, prune_hook, s3_prune_hook])
+
+
+_register_retention_hooks()

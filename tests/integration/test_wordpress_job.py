@@ -75,7 +75,9 @@ def site(mariadb: MariaDB, sshd: SSHD, tmp_path_factory: pytest.TempPathFactory)
     return Site(base, mariadb, sshd, database, tree, pw, password)
 
 
-def backupd(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def backupd(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "backupd", "--config", str(config), *args],
         capture_output=True,
@@ -143,7 +145,9 @@ def test_wordpress_backup_commits_verified_artifacts(site: Site, mariadb: MariaD
         other.execute("CREATE DATABASE restored")
         dump = zstandard.ZstdDecompressor().decompress((bdir / sql["file"]).read_bytes(), max_output_size=1 << 30)
         subprocess.run(
-            ["mariadb", f"--defaults-extra-file={other.option_file}", "restored"], input=dump, check=True,
+            ["mariadb", f"--defaults-extra-file={other.option_file}", "restored"],
+            input=dump,
+            check=True,
             capture_output=True,
         )
         assert row_counts(other, "restored") == row_counts(mariadb, site.database)
@@ -203,7 +207,9 @@ def test_wrong_password_fails_cleanly(site: Site) -> None:
     # the failure is in the catalog, with its error
     status = subprocess.run(
         ["sqlite3", str(cfg.parent / "state" / "catalog.sqlite"), "SELECT outcome, error FROM runs ORDER BY id"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if status.returncode == 0:
         assert "failed|" in status.stdout
@@ -277,8 +283,13 @@ def slow_env(tmp_path: Path) -> dict[str, str]:
 def test_second_run_exits_75_and_touches_nothing(site: Site, tmp_path: Path) -> None:
     cfg = site.config("lock", mysql={"via_ssh": False})
     env = {**os.environ, **slow_env(tmp_path)}
-    first = subprocess.Popen([sys.executable, "-m", "backupd", "--config", str(cfg), "run", "wordpress"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "backupd", "--config", str(cfg), "run", "wordpress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     wait_for(lambda: any(e.startswith(".partial-") for e in store_entries(cfg)))
     during = store_entries(cfg)
     second = backupd(cfg, "run", "wordpress")
@@ -305,8 +316,12 @@ def test_lock_held_by_another_process(site: Site) -> None:
 
 def test_kill_9_mid_dump_leaves_nothing_listed_and_next_run_succeeds(site: Site, tmp_path: Path) -> None:
     cfg = site.config("kill9", mysql={"via_ssh": False})
-    proc = subprocess.Popen([sys.executable, "-m", "backupd", "--config", str(cfg), "run", "wordpress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **slow_env(tmp_path)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backupd", "--config", str(cfg), "run", "wordpress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **slow_env(tmp_path)},
+    )
     wait_for(lambda: any(e.startswith(".partial-") for e in store_entries(cfg)))
     proc.kill()
     proc.wait()
@@ -319,9 +334,13 @@ def test_kill_9_mid_dump_leaves_nothing_listed_and_next_run_succeeds(site: Site,
 
 def test_sigterm_mid_dump_commits_nothing(site: Site, tmp_path: Path) -> None:
     cfg = site.config("term", mysql={"via_ssh": False})
-    proc = subprocess.Popen([sys.executable, "-m", "backupd", "--config", str(cfg), "run", "wordpress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **slow_env(tmp_path)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backupd", "--config", str(cfg), "run", "wordpress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **slow_env(tmp_path)},
+    )
     wait_for(lambda: any(e.startswith(".partial-") for e in store_entries(cfg)))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
@@ -333,9 +352,12 @@ def test_sigterm_mid_dump_commits_nothing(site: Site, tmp_path: Path) -> None:
 def test_no_password_in_any_argv_or_log(site: Site, tmp_path: Path) -> None:
     for via_ssh in (True, False):
         cfg = site.config(f"argv{via_ssh}", mysql={"via_ssh": via_ssh})
-        proc = subprocess.Popen([sys.executable, "-m", "backupd", "--config", str(cfg), "run", "wordpress"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**os.environ, **slow_env(tmp_path)})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backupd", "--config", str(cfg), "run", "wordpress"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **slow_env(tmp_path)},
+        )
         seen_dump = False
         needle = site.password.encode()
         while proc.poll() is None:
@@ -389,3 +411,46 @@ def test_catalog_rebuild_from_manifests(site: Site) -> None:
     assert "1 backup" in out.stdout
     rows = listed(cfg)
     assert len(rows) == 1 and rows[0]["verified"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs CAP_SYS_ADMIN): {done.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_during_the_write(site: Site, mariadb: MariaDB, tiny_disk: Path) -> None:
+    database = f"full_{secrets.token_hex(3)}"
+    mariadb.execute(f"CREATE DATABASE {database}; CREATE TABLE {database}.b (id int PRIMARY KEY, v blob)")
+    mariadb.execute(f"INSERT INTO {database}.b VALUES (1, RANDOM_BYTES(1024))")
+    job = {
+        "type": "mysql",
+        "schedule": "@daily",
+        "host": mariadb.host,
+        "port": mariadb.port,
+        "user": "wpbackup",
+        "password_file": str(site.password_file),
+        "databases": [database],
+    }
+    cfg = write_config(site.base / "full", {"wordpress": job}, settings={"storage": {"root": str(tiny_disk)}})
+    first = backupd(cfg, "run", "wordpress")
+    assert first.returncode == 0, first.stderr
+    before = sorted(p.name for p in (tiny_disk / "wordpress").iterdir())
+    # incompressible rows: the next dump (~0.8 MB of random hex, ~0.4 MB compressed) cannot fit in 256 KiB
+    mariadb.execute("INSERT INTO b SELECT seq, RANDOM_BYTES(1024) FROM seq_2_to_400", database=database)
+    out = backupd(cfg, "run", "wordpress")
+    assert out.returncode == 1
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "No space left on device" in line and "job wordpress" in line, line
+    assert sorted(p.name for p in (tiny_disk / "wordpress").iterdir()) == before
+    assert backupd(cfg, "verify").returncode == 0

@@ -114,7 +114,9 @@ def test_retention_validation(tmp_path: Path) -> None:
     cfg = write(tmp_path, jobs={"site": FILES_JOB}, retention="[jobs.sight]\nkeep_last = 3\n")
     with pytest.raises(ConfigError, match=r"jobs.sight: no job named 'sight'"):
         load_config(cfg)
-    cfg = write(tmp_path, jobs={"site": FILES_JOB}, retention="[jobs.site]\nkeep_last = 3\n[s3.default]\nkeep_daily = 9\n")
+    cfg = write(
+        tmp_path, jobs={"site": FILES_JOB}, retention="[jobs.site]\nkeep_last = 3\n[s3.default]\nkeep_daily = 9\n"
+    )
     loaded = load_config(cfg)
     assert loaded.retention.local_for("site").keep_last == 3
     assert loaded.retention.s3_for("site").keep_daily == 9
@@ -145,8 +147,9 @@ def test_cli_exit_codes_for_config_problems(tmp_path: Path, capsys: pytest.Captu
     assert "invalid TOML" in capsys.readouterr().err
 
 
-def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_from_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write(tmp_path, jobs={"site": FILES_JOB})
     monkeypatch.setenv("BACKUPD_CONFIG", str(cfg))
     assert main(["check-config"]) == 0

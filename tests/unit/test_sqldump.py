@@ -233,9 +233,9 @@ def render_dump(tables: dict[str, list[list[bytes | int | None]]], style: str) -
         if not rows:
             continue
         rendered = [
-            b"(" + b",".join(
-                b"NULL" if v is None else str(v).encode() if isinstance(v, int) else sql_string(v) for v in row
-            ) + b")"
+            b"("
+            + b",".join(b"NULL" if v is None else str(v).encode() if isinstance(v, int) else sql_string(v) for v in row)
+            + b")"
             for row in rows
         ]
         header = b"INSERT INTO " + quoted + b" VALUES"

@@ -1,0 +1,128 @@
+"""End-to-end Redis job time against a plain `rsync` of the same RDB over the same sshd.
+
+    python bench/bench_redis_job.py [SIZE_MB]      (default 300)
+
+Starts a scratch master + replica + sshd, fills the master with ~SIZE_MB of values (half random bytes,
+half repetitive text, so compression has something to do), then times:
+  * plain rsync:   a BGSAVE'd dump.rdb copied over SSH into an empty directory (the reference setup);
+  * job, 1st run:  `backupd run` with an empty staging mirror (BGSAVE + full copy + verify + compress);
+  * job, 2nd run:  after changing ~1% of the keys, so rsync's delta transfer has the previous copy.
+The ratio job/rsync is printed twice: whole job, and job minus its BGSAVE (plain rsync makes no fresh
+dump, so that is the like-for-like figure for the copy + verify + store part).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from backupd.remote import ssh_options
+from backupd.sandbox import write_config, write_secret
+from backupd.scratch import SSHD, Redis
+
+VALUE = 4096
+
+
+def fill(master: Redis, size_mb: int) -> int:
+    keys = size_mb * (1 << 20) // VALUE
+    text = (b"lorem ipsum dolor sit amet " * 200)[: VALUE // 2]
+    with master.client() as c:
+        pipe = c.pipeline(transaction=False)
+        for i in range(keys):
+            pipe.set(f"k:{i}", os.urandom(VALUE // 2) + text)
+            if i % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+    return keys
+
+
+def step_times(stdout: str, total: float) -> str:
+    """Seconds between consecutive JSON log events (start -> health -> bgsave -> rsync -> verify -> ...)."""
+    from datetime import datetime
+
+    rows = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
+    marks = [(r.get("step") or r["event"], datetime.fromisoformat(r["ts"])) for r in rows]
+    parts = [f"{a}->{b} {(tb - ta).total_seconds():.2f}s" for (a, ta), (b, tb) in itertools.pairwise(marks)]
+    if marks:
+        parts.append(f"(outside the run: {total - (marks[-1][1] - marks[0][1]).total_seconds():.2f}s)")
+    return ", ".join(parts)
+
+
+def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return time.monotonic() - t0, proc
+
+
+def main() -> int:
+    size_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    base = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    with Redis(base, password="bench-pw") as master:
+        t0 = time.monotonic()
+        keys = fill(master, size_mb)
+        print(f"dataset: {keys} keys x {VALUE} B values, filled in {time.monotonic() - t0:.1f}s")
+        with Redis(base, master=master, password="bench-pw") as replica, SSHD(base) as sshd:
+            replica.wait_replica_linked(timeout=600)
+            with replica.client() as c:
+                c.bgsave(schedule=False)
+                while c.info("persistence")["rdb_bgsave_in_progress"]:
+                    time.sleep(0.05)
+            rdb = replica.rdb_path
+            print(f"RDB: {rdb.stat().st_size / 1e6:.1f} MB")
+            cfg_ssh = sshd.ssh_config()
+            from backupd.config import SSHCfg
+
+            ssh = SSHCfg.model_validate(cfg_ssh)
+            plain_dir = base / "plain"
+            plain_dir.mkdir()
+            rsync = ["rsync", "-e", shlex.join(["ssh", *ssh_options(ssh)]), "--"]
+            rsync += [f"{ssh.target}:{rdb}", str(plain_dir) + "/"]
+            t_plain, proc = timed(rsync)
+            assert proc.returncode == 0, proc.stderr
+            print(f"plain rsync over ssh:        {t_plain:6.2f}s  ({rdb.stat().st_size / 1e6 / t_plain:.0f} MB/s)")
+
+            secret = write_secret(base / "pw", "bench-pw")
+            job = {
+                "type": "redis",
+                "schedule": "@daily",
+                "host": replica.host,
+                "port": replica.port,
+                "password_file": str(secret),
+                "ssh": cfg_ssh,
+            }
+            config = write_config(base / "etc", {"r": job})
+            run = [sys.executable, "-m", "backupd", "--config", str(config), "run", "r"]
+            for label in ("job, 1st run (no mirror)", "job, 2nd run (delta)"):
+                if "2nd" in label:
+                    with master.client() as c:
+                        for i in range(0, keys, 100):
+                            c.set(f"k:{i}", os.urandom(VALUE))
+                    replica.wait_replica_linked()
+                    time.sleep(0.5)  # let the replica apply the stream before we save
+                t_job, proc = timed(run)
+                assert proc.returncode == 0, proc.stderr
+                print("   steps: " + step_times(proc.stdout, t_job))
+                latest = sorted(p for p in (base / "etc" / "store" / "r").iterdir() if not p.name.startswith("."))
+                man = json.loads((latest[-1] / "manifest.json").read_text())
+                src, art = man["source"], man["artifacts"][0]
+                bgsave = float(src["bgsave_seconds"])
+                print(
+                    f"{label:28s} {t_job:6.2f}s  ratio {t_job / t_plain:.2f}x; minus BGSAVE ({bgsave:.2f}s) "
+                    f"{(t_job - bgsave) / t_plain:.2f}x; stored {art['bytes'] / 1e6:.1f} MB "
+                    f"(zstd {art['raw_bytes'] / max(1, art['bytes']):.2f}:1), "
+                    f"rsync literal {src['rsync'].get('Literal data', '?')}, "
+                    f"redis-check-rdb {src['redis_check_rdb'].get('keys', '?')} keys"
+                )
+    subprocess.run(["rm", "-rf", str(base)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The shipped units pass `systemd-analyze verify` and its offline security check; the timer drop-ins
+written by `backupd systemd-units` fire when the daemon would (checked with `systemd-analyze calendar`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from backupd.sandbox import write_config
+from backupd.schedule import Schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "systemd"
+ANALYZE = shutil.which("systemd-analyze")
+pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (Debian package systemd)")
+MAX_EXPOSURE = 2.0
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    assert ANALYZE is not None
+    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60, env={**os.environ, "TZ": "UTC"})
+
+
+def installed_copy(tmp_path: Path) -> Path:
+    """The units with ExecStart pointing at this environment's backupd (verify checks that it exists)."""
+    exe = shutil.which("backupd") or sys.executable
+    out = tmp_path / "units"
+    out.mkdir()
+    for unit in UNITS.iterdir():
+        text = unit.read_text().replace("/usr/local/bin/backupd", exe)
+        (out / unit.name.replace("@.", "@demo.")).write_text(text)
+    return out
+
+
+def test_units_verify(tmp_path: Path) -> None:
+    units = installed_copy(tmp_path)
+    names = sorted(str(p) for p in units.iterdir())
+    assert len(names) == 3
+    result = analyze("verify", *names)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+@pytest.mark.parametrize("unit", ["backupd.service", "backupd-run@.service"])
+def test_units_security_exposure(unit: str) -> None:
+    result = analyze("security", "--offline=yes", str(UNITS / unit))
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert m, result.stdout[-2000:] + result.stderr
+    assert float(m.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+def test_daemon_unit_contract() -> None:
+    text = (UNITS / "backupd.service").read_text()
+    for line in ("Type=notify", "User=backupd", "StateDirectory=backupd", "KillMode=mixed", "ExecReload="):
+        assert line in text
+    assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    timer = (UNITS / "backupd-run@.timer").read_text()
+    assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer
+    assert "SuccessExitStatus=75" in (UNITS / "backupd-run@.service").read_text()
+
+
+def _elapses(output: str) -> list[datetime]:
+    found = re.findall(r"(?:Next elapse|Iter\. #\d+): \w{3} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", output)
+    return [datetime.strptime(f, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) for f in found]
+
+
+SCHEDULES = {
+    "nightly": ("30 3 * * *", "Europe/Tallinn"),
+    "quarter": ("*/15 * * * *", "UTC"),
+    "weekdays": ("0 22 * * 1-5", "America/New_York"),
+    "monthly": ("@monthly", "Asia/Kolkata"),
+    "odd": ("5,35 1-23/2 1,15 * *", "Europe/Berlin"),
+}
+
+
+def test_systemd_units_command_and_calendar(tmp_path: Path) -> None:
+    jobs = {n: {"type": "files", "source": "/srv", "schedule": e, "timezone": tz, "timeout": "2h"}
+            for n, (e, tz) in SCHEDULES.items()}
+    config = write_config(tmp_path / "cfg", jobs, settings={"scheduler": {"jitter": "5m"}})
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "backupd", "--config", str(config), "systemd-units", "--output", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    base = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)  # no DST change within the checked runs
+    for name, (expr, tz) in SCHEDULES.items():
+        conf = (out / f"backupd-run@{name}.timer.d" / "schedule.conf").read_text()
+        assert "OnCalendar=\n" in conf and "RandomizedDelaySec=300s" in conf
+        calendar = re.findall(r"^OnCalendar=(.+)$", conf, re.M)[0]
+        cal = analyze("calendar", "--iterations=5", f"--base-time={base:%Y-%m-%d %H:%M:%S} UTC", calendar)
+        assert cal.returncode == 0, cal.stderr
+        assert _elapses(cal.stdout) == Schedule.parse(expr, tz).iter_after(base, 5), (name, calendar, cal.stdout)
+        assert "RuntimeMaxSec=7200s" in (out / f"backupd-run@{name}.service.d" / "timeout.conf").read_text()
+
+
+def test_systemd_units_refuses_day_or(tmp_path: Path) -> None:
+    jobs = {"both": {"type": "files", "source": "/srv", "schedule": "0 3 1 * 1"}}
+    config = write_config(tmp_path / "cfg", jobs)
+    result = subprocess.run(
+        [sys.executable, "-m", "backupd", "--config", str(config), "systemd-units", "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "both.toml" in result.stderr and "'0 3 1 * 1'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
