@@ -568,7 +568,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cell(value: object, width: int = 60) -> str:
+def _cell(value: object, width: int = 40) -> str:
     text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
     return text if len(text) <= width else text[: width - 3] + "..."
 

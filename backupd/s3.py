@@ -497,7 +497,9 @@ def rebuild_from_s3(config: Config, catalog: Catalog, bucket: Bucket | None = No
         row = catalog.backup(job, bid)
         if row is None:
             catalog.record_backup(StoredBackup(job=job, backup_id=bid, path=path, manifest=manifest), s3_state="copied")
-            if local is None:
+            if local is None:  # Path() would fold "s3://" to "s3:/": store the URL as written
+                url = bucket.url(bucket.key(job, bid))
+                catalog.db.execute("UPDATE backups SET path=? WHERE job=? AND backup_id=?", (url, job, bid))
                 catalog.mark_deleted(job, bid, "not in the local store (rebuilt from S3)")
         if row is None or row["s3_state"] != "copied":
             catalog.set_s3_state(job, bid, "copied")

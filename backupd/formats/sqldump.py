@@ -8,11 +8,14 @@ most of the CPU. Two facts about mysqldump's output make that possible (see FORM
   ``\\n`` inside an INSERT is always outside a literal, and so is ``;\\n`` (the end of the statement);
 * outside literals, an INSERT's values hold ``(`` only where a row starts.
 
-MariaDB's dump (MDEV-25152) starts every row on its own line, so its rows are ``bytes.count(b"\\n(")``
-plus the rows of the rare lines that also hold ``),(``, which take the exact path. MySQL's one-line
-statements always take it: `rows_in_values` finds literal boundaries with bytes.translate/replace only
-(no per-literal Python or regex step), about twice as fast as a regex that strips literals.
-bench/bench_sqldump_count.py has the figures.
+mariadb-dump (MDEV-25152, as in 10.11) writes ``INSERT INTO `t` VALUES`` and then one row per line, so
+an INSERT's rows are its lines, counted with ``bytes.count(b"\\n")``, plus the extra rows of the rare
+lines that hold ``),(``, which take the exact path. MySQL's one-line statements always take it:
+`rows_in_values` finds literal boundaries with bytes.translate/replace only (no per-literal Python or
+regex step), twice as fast as a regex stripping literals. bench/bench_sqldump_count.py has the figures.
+
+Assumes the default utf8mb4 connection charset: in a dump made with --default-character-set=sjis, gbk,
+big5 or cp932 a byte 0x5C inside a multi-byte character is not an escape, and counts may be wrong.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ _CREATE_OBJECT = re.compile(
     re.I,
 )
 _HEADER = re.compile(rb"-- (MariaDB|MySQL) dump (\d[\w.]*)(?:\s+Distrib (\S+?),|-(\S+?),)\s*for (.*)", re.I)
+_USE = re.compile(rb"USE\s+(" + _IDENT + rb")\s*;", re.I)
 _HOST = re.compile(rb"-- Host: (.*?)\s+Database: ?(.*)")
 _SERVER = re.compile(rb"-- Server version\s+(.*)")
 _TRAILER = re.compile(rb"-- Dump completed(?: on \d{4}-\d\d-\d\d [ \d]\d:\d\d:\d\d)?")
@@ -116,6 +120,10 @@ def _count_rows(block: bytes, start: int, end: int) -> int:
 class SqlDumpChecker(FormatChecker):
     """Checks a dump's header and trailer and counts tables, rows, views, routines, triggers, events.
 
+    stats: {"tables": {name: rows}, "views": [...], "routines": {"procedures": [...], "functions":
+    [...]}, "triggers": [...], "events": [...], "rows": total, "statements": INSERT statements}.
+    Names are bare, as in a dump of one database; after a ``USE`` (--databases) they are "db.name".
+
     Works on whole lines: a partial last line waits in a buffer for the next chunk, so memory is
     bounded by the longest line (one extended INSERT, at most max_allowed_packet). The rest of a chunk
     is parsed in place, by offsets, because on this path a copy of each chunk costs as much as a scan.
@@ -134,6 +142,7 @@ class SqlDumpChecker(FormatChecker):
         self._last_line = b""
         # Parser state between lines.
         self._delimiter = b";"
+        self._database = ""  # from USE, in dumps of several databases
         self._in_statement = False  # inside a multi-line statement (not an INSERT)
         self._insert_table: str | None = None  # inside a multi-line INSERT of this table
         self._runs: dict[bytes, re.Pattern[bytes]] = {}
@@ -280,9 +289,11 @@ class SqlDumpChecker(FormatChecker):
             self._delimiter = stripped[10:].strip() or b";"
             return
         if first in b"Cc" and (m := _CREATE_TABLE.match(stripped)):
-            self._tables.setdefault(_unquote(m.group(1)), 0)
+            self._tables.setdefault(self._name(m.group(1)), 0)
         elif first == b"/" and (m := _VIEW.match(stripped)):
-            self._views.add(_unquote(m.group(1)))
+            self._views.add(self._name(m.group(1)))
+        elif first in b"Uu" and (m := _USE.match(stripped)):
+            self._database = _unquote(m.group(1))
         elif first in b"/Cc" and (m := _CREATE_OBJECT.match(stripped)):
             self._record_object(m)
         if not stripped.endswith(self._delimiter):
@@ -292,7 +303,7 @@ class SqlDumpChecker(FormatChecker):
         """A continuation line; the final view definition starts on one (after ALGORITHM/DEFINER)."""
         stripped = line.rstrip()
         if stripped.startswith(b"/*!50001") and (m := _VIEW.match(stripped)):
-            self._views.add(_unquote(m.group(1)))
+            self._views.add(self._name(m.group(1)))
         if stripped.endswith(self._delimiter):
             self._in_statement = False
 
@@ -303,9 +314,13 @@ class SqlDumpChecker(FormatChecker):
         elif m := _SERVER.match(line):
             self._facts["server_version"] = m.group(1).strip().decode("utf-8", "replace")
 
+    def _name(self, ident: bytes) -> str:
+        name = _unquote(ident)
+        return f"{self._database}.{name}" if self._database else name
+
     def _record_object(self, m: re.Match[bytes]) -> None:
         kind = m.group(1).upper()
-        name = _unquote(m.group(3) or m.group(2))  # `db`.`name` -> name
+        name = self._name(m.group(3) or m.group(2))  # `db`.`name` -> name
         target = {
             b"PROCEDURE": self._procedures,
             b"FUNCTION": self._functions,
@@ -322,7 +337,7 @@ class SqlDumpChecker(FormatChecker):
             self._check_header(block[pos : block.find(b"\n", pos, stop)])
             return stop
         self._in_preamble = False
-        table = _unquote(m.group(1))
+        table = self._name(m.group(1))
         self._tables.setdefault(table, 0)
         self._statements += 1
         vstart = m.end()

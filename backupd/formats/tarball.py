@@ -173,13 +173,12 @@ class TarChecker(FormatChecker):
         self._remaining = 0  # data bytes left in the current entry (or extension)
         self._pad = 0  # padding bytes left after it
         self._entry_offset = 0
-        self._hasher: Any = None
+        self._hasher: hashlib._Hash | None = None
         self._entry: tuple[bytes, str, int, bytes] | None = None  # name, kind, size, link
         self._extension_type = b""
         self._pending: dict[str, bytes] = {}  # from 'L', 'K', 'x' for the next entry
         self._global: dict[str, bytes] = {}  # from 'g'
         self._formats: set[str] = set()
-        self._seen_end = False
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -342,7 +341,7 @@ class TarChecker(FormatChecker):
     def _end_entry(self) -> None:
         assert self._entry is not None
         name, letter, size, link = self._entry
-        if letter == "f":
+        if letter == "f" and self._hasher is not None:
             self._tally.add(name, "f", size, self._hasher.hexdigest())
         else:
             self._tally.add(name, letter, 0, "-", link)
@@ -413,7 +412,7 @@ def tree_digest(root: Path) -> dict[str, Any]:
                     tally.add(rel, "f", info.st_size, sha)
                     if info.st_nlink > 1:
                         inodes[inode] = tally.records[rel]
-                else:
+                elif not stat.S_ISSOCK(info.st_mode):  # GNU tar skips sockets ("socket ignored")
                     tally.add(rel, "o")
 
     walk(base, b"")

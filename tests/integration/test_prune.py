@@ -164,12 +164,10 @@ def test_prune_takes_the_job_lock(tmp_path: Path, capsys: pytest.CaptureFixture[
         ("[s3.jobs.nope]\nkeep_last = 1\n", "s3.jobs.nope"),
     ],
 )
-def test_bad_retention_file_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str
-) -> None:
+def test_bad_retention_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str) -> None:
     cfg = setup(tmp_path)
     (cfg.parent / "retention.toml").write_text(text)
-    rc, out, err = run_cli(capsys, "--config", str(cfg), "prune", "--dry-run")
+    rc, _out, err = run_cli(capsys, "--config", str(cfg), "prune", "--dry-run")
     assert rc == 2
     assert err.count("\n") == 1 and "retention.toml" in err and key in err
     assert "Traceback" not in err

@@ -195,6 +195,18 @@ def test_trailer_inside_a_string_is_not_a_trailer() -> None:
     assert check(data).errors == [TRAILER_ERROR]
 
 
+def test_databases_dump_qualifies_names() -> None:
+    """--databases writes CREATE DATABASE/USE per database; the same table name must not merge."""
+    head = b"-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)\n"
+    body = b"".join(
+        b"USE `%s`;\nCREATE TABLE `t` (\n  `a` int\n);\nINSERT INTO `t` VALUES\n%s;\n"
+        % (db, b",\n".join(b"(%d)" % i for i in range(n)))
+        for db, n in ((b"one", 2), (b"two", 3))
+    )
+    result = check(head + body + b"-- Dump completed\n")
+    assert result.stats["tables"] == {"one.t": 2, "two.t": 3}
+
+
 def test_sniff() -> None:
     assert sniff(fixture("wp.sql")[:64])
     assert sniff(b"/*M!999999\\- enable the sandbox mode */ ")
