@@ -6,9 +6,15 @@ config pointing at them, runs every job through the real CLI code path, verifies
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -139,7 +145,94 @@ def stage_redis(env: DemoEnv) -> None:
     }
 
 
-STAGES: list[Callable[[DemoEnv], None]] = [stage_wordpress, stage_mongo, stage_redis]
+def stage_s3(env: DemoEnv) -> None:
+    """A sandbox S3 server: every committed demo backup is copied there and checked against its manifest."""
+    from backupd.scratch import MotoS3
+
+    s3 = env.stack.enter_context(MotoS3(env.base / "servers" / "s3"))
+    s3.create_bucket("demo-backups")
+    os.environ.update(s3.env())  # credentials travel in the environment, as boto3 documents
+    env.servers["s3"] = s3
+    env.settings["s3"] = {
+        "enabled": True,
+        "bucket": "demo-backups",
+        "prefix": "backupd/",
+        "endpoint_url": s3.endpoint_url,
+        "region": "us-east-1",
+    }
+    print(f"   S3 (moto) on {s3.endpoint_url}, bucket demo-backups")
+
+
+STAGES: list[Callable[[DemoEnv], None]] = [stage_wordpress, stage_mongo, stage_redis, stage_s3]
+
+
+def _locked(state: Path, job: str) -> bool:
+    """Is a run of `job` still going (S3 copy and pruning happen after its catalog row says ok)?"""
+    path = state / "locks" / f"{job}.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def daemon_catch_up(env: DemoEnv, cfg: str, jobs: list[str]) -> bool:
+    """Start the daemon briefly: the jobs that never ran are caught up at start; show status and metrics."""
+    from backupd.catalog import Catalog
+    from backupd.cli import main as cli_main
+
+    say(f"backupd daemon (briefly): catch-up of {', '.join(jobs)}, then status and /metrics")
+    listen = env.settings["http"]["listen"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backupd", "--config", cfg, "daemon"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ok = False
+    try:
+        catalog = Catalog(env.base / "state")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = {j: catalog.last_run(j) for j in jobs}
+            if all(r is not None for r in runs.values()) and not any(_locked(env.base / "state", j) for j in jobs):
+                ok = all(r is not None and r["outcome"] == "ok" for r in runs.values())
+                break
+            time.sleep(0.2)
+        catalog.close()
+        for j in jobs:
+            print(f"   {j}: caught up by the daemon: {'ok' if ok else 'not ok'}")
+        try:
+            with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as resp:
+                lines = resp.read().decode().splitlines()
+            shown = [
+                x
+                for x in lines
+                if x.startswith(
+                    ("backupd_last_success_timestamp_seconds{", "backupd_job_overdue{", "backupd_runs_total{")
+                )
+            ]
+            print("   GET /metrics (excerpt):")
+            for line in shown[:12]:
+                print(f"     {line}")
+        except OSError as exc:
+            print(f"   /metrics not reachable: {exc}")
+            ok = False
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    say("backupd status")
+    ok &= cli_main(["--config", cfg, "status"]) == EXIT_OK
+    return ok
 
 
 def run_demo(directory: Path | None = None, keep: bool = False) -> int:
@@ -160,6 +253,9 @@ def run_demo(directory: Path | None = None, keep: bool = False) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
+        from backupd.scratch import free_port
+
+        env.settings.setdefault("http", {"listen": f"127.0.0.1:{free_port()}"})
         settings = {
             "storage": {"root": str(base / "store")},
             "state": {"dir": str(base / "state")},
@@ -172,9 +268,11 @@ def run_demo(directory: Path | None = None, keep: bool = False) -> int:
         print(env.config_path.read_text())
         say("backupd check-config")
         ok &= cli_main(["--config", cfg, "check-config"]) == EXIT_OK
-        for name in env.jobs:
-            say(f"backupd run {name}")
-            ok &= cli_main(["--config", cfg, "run", name]) == EXIT_OK
+        names = list(env.jobs)
+        say(f"backupd run {names[0]}")
+        ok &= cli_main(["--config", cfg, "run", names[0]]) == EXIT_OK
+        if len(names) > 1:
+            ok &= daemon_catch_up(env, cfg, names[1:])
         say("backupd list")
         cli_main(["--config", cfg, "list"])
         say("backupd verify")
@@ -192,6 +290,22 @@ def run_demo(directory: Path | None = None, keep: bool = False) -> int:
 
 # Later stages (retention, S3, drills, daemon) append a callable(env, config_path) -> bool here.
 AFTER_RUN: list[Callable[[DemoEnv, str], bool]] = []
+
+
+def s3_and_prune(env: DemoEnv, config_path: str) -> bool:
+    """Show that the copies in S3 match the manifests, and what retention would keep and why."""
+    from backupd.cli import main as cli_main
+
+    ok = True
+    if "s3" in env.servers:
+        say("backupd verify --s3 (local archives and their copies in the bucket)")
+        ok &= cli_main(["--config", config_path, "verify", "--s3"]) == EXIT_OK
+    say("backupd prune --dry-run")
+    ok &= cli_main(["--config", config_path, "prune", "--dry-run"]) == EXIT_OK
+    return ok
+
+
+AFTER_RUN.append(s3_and_prune)
 
 
 def drill_demo_jobs(env: DemoEnv, config_path: str) -> bool:

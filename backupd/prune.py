@@ -94,7 +94,7 @@ def local_decisions(
     """Decisions for every backup directory of `job`, newest first (pure apart from reading state)."""
     now = now or datetime.now(UTC)
     rows = catalog.retention_rows(job)
-    needs_s3 = config.settings.s3.enabled
+    s3_on = config.settings.s3.enabled
     backups = []
     for bid, when in _local_dirs(store, job).items():
         row = rows.get(bid)
@@ -105,6 +105,8 @@ def local_decisions(
             flag = _read_verified(store, job, bid)
             committed, verified, s3_state = flag is not None, bool(flag), "none"
         in_s3 = s3_state in ("copied", "pruned")
+        # state "none": made while S3 was off, so never queued for a copy; it must not be kept forever
+        needs_s3 = s3_on and s3_state != "none"
         backups.append(Backup(bid, when, committed, verified, needs_s3, in_s3))
     return plan(backups, policy_of(config.retention.local_for(job)), now, config.job_timezone(job))
 

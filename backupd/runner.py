@@ -117,9 +117,7 @@ def _run_locked(
     backup_id, partial = store.new_partial(name, started)
     events.bind(job=name, backup_id=backup_id)
     events.event("start", step="start", trigger=trigger, type=job.type)
-    tmp_dir = Path(
-        tempfile.mkdtemp(prefix=f"backupd-{name}-", dir=ensure_private_dir(config.state_dir / "tmp"))
-    )
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"backupd-{name}-", dir=ensure_private_dir(config.state_dir / "tmp")))
     step = "dump"
     try:
         with ByteProgress(progress and events.tty) as bar:
@@ -163,8 +161,6 @@ def _run_locked(
         duration = time.monotonic() - t0
         catalog.finish_run(run_id, "ok", backup_id=backup_id, nbytes=total, duration=duration)
         events.event("committed", step="commit", bytes=total, duration=round(duration, 3), outcome="ok")
-        after_commit(config, name, stored, catalog, events)
-        return RunResult(name, True, backup_id, None, total, duration, final)
     except (BackupdError, OSError, Terminated) as exc:
         store.discard(partial)
         msg = _one_line(name, exc, step)
@@ -181,6 +177,12 @@ def _run_locked(
         raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    # The backup is committed and the run recorded as ok: nothing after this point can undo that.
+    try:
+        after_commit(config, name, stored, catalog, events)
+    except Terminated as exc:
+        events.event("warning", step="after commit", error=f"{exc}: S3 copy and pruning resume on the next run")
+    return RunResult(name, True, backup_id, None, total, duration, final)
 
 
 def _one_line(job: str, exc: BaseException, step: str) -> str:
@@ -205,6 +207,8 @@ def after_commit(config: Config, name: str, backup: StoredBackup, catalog: Catal
             hook(config, name, backup, catalog, events)
         except BackupdError as exc:
             events.event("warning", step=getattr(hook, "__name__", "hook"), error=str(exc))
+        except Exception as exc:  # a hook bug must not turn a committed backup into a failed run
+            events.event("warning", step=getattr(hook, "__name__", "hook"), error=f"{type(exc).__name__}: {exc}")
 
 
 AFTER_COMMIT_HOOKS: list[Any] = []

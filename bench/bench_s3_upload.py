@@ -21,7 +21,7 @@ from backupd.catalog import Catalog
 from backupd.config import load_config
 from backupd.logs import EventLog
 from backupd.prune import prune_local
-from backupd.s3 import Bucket, copy_backup
+from backupd.s3 import Bucket, copy_backup, part_size
 from backupd.sandbox import write_config
 from backupd.scratch import MotoS3
 from backupd.store import Store, StoredBackup, make_backup_id
@@ -71,7 +71,7 @@ def bench_upload(tmp: Path, size_mb: int) -> None:
         t_copy = time.perf_counter() - t0
 
     mb = size / MiB
-    print(f"upload {mb:.0f} MiB to moto over HTTP (SHA256 checksums, {-(-size // (8 * MiB))}+ parts)")
+    print(f"upload {mb:.0f} MiB to moto over HTTP (SHA256 checksums, {-(-size // part_size(size))} parts)")
     print(f"  aws s3 cp                      {t_cli:7.2f} s  {mb / t_cli:7.1f} MiB/s")
     print(f"  backupd upload                 {t_up:7.2f} s  {mb / t_up:7.1f} MiB/s  ({t_cli / t_up:.2f}x the CLI)")
     print(f"  backupd copy (upload + check)  {t_copy:7.2f} s  {mb / t_copy:7.1f} MiB/s  ({t_cli / t_copy:.2f}x)")
