@@ -111,7 +111,8 @@ def test_run_prunes_after_each_successful_run(
 def test_failed_run_never_prunes(tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_replica: Redis) -> None:
     cfg = setup(tmp_path, replica=redis_replica)  # no retention file: keep everything
     for _ in range(3):
-        assert run_cli(capsys, "--config", str(cfg), "run", "site")[0] == 0
+        rc, _, err = run_cli(capsys, "--config", str(cfg), "run", "site")
+        assert rc == 0, err
     (cfg.parent / "retention.toml").write_text(toml_text({"default": {"keep_last": 1}}))
     job = cfg.parent / "jobs" / "site.toml"
     job.write_text(toml_text(redis_job(None)))
