@@ -152,12 +152,6 @@ class Catalog:
             (now_iso(), job),
         )
 
-    def runs(self, job: str | None = None, limit: int = 50) -> list[sqlite3.Row]:
-        if job:
-            q = "SELECT * FROM runs WHERE job=? ORDER BY id DESC LIMIT ?"
-            return list(self.db.execute(q, (job, limit)))
-        return list(self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)))
-
     def last_run(self, job: str) -> sqlite3.Row | None:
         q = "SELECT * FROM runs WHERE job=? AND outcome != 'running' ORDER BY id DESC LIMIT 1"
         row: sqlite3.Row | None = self.db.execute(q, (job,)).fetchone()

@@ -18,19 +18,11 @@ def check_ssh(ssh: SSHCfg) -> str:
 
 
 def check_mysql(part: MySQLPart) -> str:
-    import tempfile
-    from pathlib import Path
-
-    from backupd.sources.mysql import find_tool, option_file_text
-    from backupd.store import write_private_file
+    from backupd.sources.mysql import find_tool, private_option_file
 
     client = find_tool(["mariadb", "mysql"], "MySQL client")
-    with tempfile.TemporaryDirectory(prefix="backupd-check-") as d:
-        opt = Path(d) / "client.cnf"
-        write_private_file(opt, option_file_text(part, read_secret(part.password_file)).encode())
-        proc = run_capture(
-            [client, f"--defaults-extra-file={opt}", "-N", "-B", "-e", "SELECT VERSION()"], timeout=30
-        )
+    with private_option_file(part, read_secret(part.password_file)) as opt:
+        proc = run_capture([client, f"--defaults-extra-file={opt}", "-N", "-B", "-e", "SELECT VERSION()"], timeout=30)
     if proc.returncode != 0:
         raise StepError("connect", last_line(proc.stderr), host=f"{part.host}:{part.port}")
     return f"mysql {part.host}:{part.port} server {proc.stdout.strip()}"

@@ -26,7 +26,8 @@ class CommandResult:
     stderr: list[str]
 
 
-def _drain(stream: IO[bytes], sink: collections.deque[str]) -> None:
+def drain_lines(stream: IO[bytes], sink: collections.deque[str]) -> None:
+    """Read a process's stderr to EOF into a bounded deque (run in a thread so the pipe never fills)."""
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip()
         if line:
@@ -52,7 +53,7 @@ def stream_command(
     with contextlib.suppress(OSError):  # a bigger pipe means fewer wake-ups; not fatal if refused
         fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
     tail: collections.deque[str] = collections.deque(maxlen=50)
-    drainer = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    drainer = threading.Thread(target=drain_lines, args=(proc.stderr, tail), daemon=True)
     drainer.start()
     fd = proc.stdout.fileno()
     try:
@@ -85,7 +86,7 @@ def run_capture(
 
 
 def describe_exit(returncode: int) -> str:
-    """"exited 2" or "killed by SIGKILL": a negative return code is the signal that ended the process."""
+    """ "exited 2" or "killed by SIGKILL": a negative return code is the signal that ended the process."""
     if returncode < 0:
         try:
             return f"killed by {signal.Signals(-returncode).name}"

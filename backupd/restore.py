@@ -16,21 +16,20 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from backupd.compression import iter_chunks, open_decompressed
 from backupd.config import Config, MySQLPart, read_secret
 from backupd.errors import BackupdError, StepError, UsageError
-from backupd.pipeline import sha256_file
-from backupd.store import Store, StoredBackup, write_private_file
-from backupd.verify import verify_backup
+from backupd.procs import drain_lines
+from backupd.store import Store, StoredBackup
+from backupd.verify import integrity_problems, verify_backup
 
 Progress = Callable[[int], None]
 DB_NAME_RE = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
@@ -86,16 +85,8 @@ def ensure_intact(backup: StoredBackup, step: str = "verify", *, thorough: bool 
 
 
 def checksum_problem(backup: StoredBackup, art: dict[str, Any]) -> str | None:
-    path = backup.path / art["file"]
-    if not path.is_file():
-        return "file missing"
-    size = path.stat().st_size
-    if size != art["bytes"]:
-        return f"size {size} != manifest {art['bytes']}"
-    digest = sha256_file(path)
-    if digest != art["sha256"]:
-        return f"sha256 mismatch: file {digest[:16]}..., manifest {art['sha256'][:16]}..."
-    return None
+    problems = integrity_problems(backup.path / art["file"], art)
+    return problems[0] if problems else None
 
 
 def artifacts(backup: StoredBackup, fmt: str) -> list[dict[str, Any]]:
@@ -148,16 +139,11 @@ def find_client() -> str:
 
 @contextlib.contextmanager
 def option_file(target: MySQLTarget, password: str | None) -> Iterator[Path]:
-    """A 0600 `[client]` file in a private temp dir, removed afterwards: passwords never go in argv."""
-    from backupd.sources.mysql import option_file_text
+    """A 0600 option file for the target, removed afterwards."""
+    from backupd.sources.mysql import private_option_file
 
-    tmp = Path(tempfile.mkdtemp(prefix="backupd-restore-"))
-    try:
-        path = tmp / "client.cnf"
-        write_private_file(path, option_file_text(target.part(), password).encode())
+    with private_option_file(target.part(), password) as path:
         yield path
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def quote_ident(name: str) -> str:
@@ -208,13 +194,6 @@ def prepare_database(client: str, optfile: Path, database: str, host: str, yes: 
         )
 
 
-def _drain(stream: IO[bytes], sink: collections.deque[str]) -> None:
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace").rstrip()
-        if line:
-            sink.append(line)
-
-
 def pipe_sql(
     client: str, optfile: Path, database: str, dump: Path, host: str, progress: Progress = _no_progress
 ) -> None:
@@ -223,7 +202,7 @@ def pipe_sql(
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stdin is not None and proc.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=20)
-    drainer = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    drainer = threading.Thread(target=drain_lines, args=(proc.stderr, tail), daemon=True)
     drainer.start()
     broken = False
     try:

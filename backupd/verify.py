@@ -44,9 +44,7 @@ def check_stream_file(path: Path, fmt: str | None = None) -> FileCheck:
             if fmt is None:
                 fmt = detected
             if fmt is None:
-                return FileCheck(
-                    path, None, algo, False, ["unknown format (not a SQL dump, tar, RDB or archive)"]
-                )
+                return FileCheck(path, None, algo, False, ["unknown format (not a SQL dump, tar, RDB or archive)"])
             checker = checker_for(fmt)
             checker.feed(head)
             for chunk in chunks:
@@ -63,29 +61,30 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def integrity_problems(path: Path, art: dict[str, Any]) -> list[str]:
+    """Size and sha256 of a stored file against its manifest entry: what proves the bytes were not altered."""
+    if not path.is_file():
+        return ["file missing"]
+    problems = []
+    size = path.stat().st_size
+    if size != art["bytes"]:
+        problems.append(f"size {size} != manifest {art['bytes']}")
+    digest = sha256_file(path)
+    if digest != art["sha256"]:
+        problems.append(f"sha256 mismatch: file {digest[:16]}..., manifest {art['sha256'][:16]}...")
+    return problems
+
+
 def verify_backup(backup: StoredBackup) -> list[dict[str, Any]]:
     """Check every artifact against the manifest: size, sha256, then the format's own structure."""
     out = []
     for art in backup.manifest.get("artifacts", []):
         path = backup.path / art["file"]
-        problems: list[str] = []
-        if not path.is_file():
-            problems.append("file missing")
-        else:
-            size = path.stat().st_size
-            if size != art["bytes"]:
-                problems.append(f"size {size} != manifest {art['bytes']}")
-            digest = sha256_file(path)
-            if digest != art["sha256"]:
-                problems.append(f"sha256 mismatch: file {digest[:16]}..., manifest {art['sha256'][:16]}...")
+        problems = integrity_problems(path, art)
+        if path.is_file():
             fc = check_stream_file(path, art["format"])
             problems.extend(fc.problems)
-            if (
-                fc.result is not None
-                and fc.ok
-                and art.get("stats")
-                and _plain(fc.result.stats) != art["stats"]
-            ):
+            if fc.result is not None and fc.ok and art.get("stats") and _plain(fc.result.stats) != art["stats"]:
                 problems.append("content stats differ from the manifest")
         out.append({"artifact": art["file"], "ok": not problems, "problems": problems})
     return out

@@ -7,10 +7,13 @@ private temp dir for local dumps, the channel's stdin (`--defaults-extra-file=/d
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from backupd.config import MySQLJob, MySQLPart, SSHCfg, read_secret
@@ -48,6 +51,18 @@ def option_file_text(part: MySQLPart, password: str | None, *, tcp: bool = True)
     if tcp:
         lines += [f"host={_quote_option(part.host)}", f"port={part.port}", "protocol=TCP"]
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def private_option_file(part: MySQLPart, password: str | None) -> Iterator[Path]:
+    """A 0600 `[client]` file in a private temp dir, removed afterwards: passwords never go in argv."""
+    tmp = Path(tempfile.mkdtemp(prefix="backupd-mysql-"))
+    try:
+        path = tmp / "client.cnf"
+        write_private_file(path, option_file_text(part, password).encode())
+        yield path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def dump_argv(tool: str, option_file: str, database: str) -> list[str]:
