@@ -6,6 +6,7 @@ recreates from them. WAL mode lets the daemon, `status` and a running job read a
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -90,14 +91,22 @@ class Catalog:
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(SCHEMA)
-        self._migrate()
-        for suffix in ("-wal", "-shm"):
-            side = Path(str(self.path) + suffix)
-            if side.exists():
-                os.chmod(side, FILE_MODE)
+        # Jobs the daemon starts together open a fresh catalog at the same instant: switching to WAL and
+        # creating or migrating the schema are not safe to race (SQLite answers "database is locked" or
+        # "duplicate column" without waiting), so the set-up is serialized by a lock on a side file.
+        lock_fd = os.open(state_dir / "catalog.lock", os.O_CREAT | os.O_RDWR, FILE_MODE)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+            self._migrate()
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(self.path) + suffix)
+                if side.exists():
+                    os.chmod(side, FILE_MODE)
+        finally:
+            os.close(lock_fd)
 
     def _migrate(self) -> None:
         """Columns added after the first release (catalogs created earlier get them on open)."""

@@ -79,6 +79,11 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return rc, out, err
 
 
+def run_ok(capsys: pytest.CaptureFixture[str], cfg: str) -> None:
+    rc, _, err = run_cli(capsys, "--config", cfg, "run", "site")
+    assert rc == 0, err[-3000:]
+
+
 def verify_s3(capsys: pytest.CaptureFixture[str], cfg: str) -> tuple[int, str, list[str]]:
     """`verify --s3`: exit code, stdout and the S3 error lines (local verify of Redis backups currently
     reports a manifest stats mismatch of its own, unrelated to S3, so only S3 lines are asserted on)."""
@@ -172,7 +177,7 @@ def test_object_altered_in_bucket_is_caught_and_reshipped(
 ) -> None:
     bucket = new_bucket(s3_env)
     cfg = setup(tmp_path, redis_replica, s3_env.endpoint_url, bucket)
-    assert run_cli(capsys, "--config", cfg, "run", "site")[0] == 0
+    run_ok(capsys, cfg)
     b = local_backups(tmp_path)[0]
     a = b.manifest["artifacts"][0]
     key = f"{PREFIX}site/{b.backup_id}/{a['file']}"
@@ -185,7 +190,7 @@ def test_object_altered_in_bucket_is_caught_and_reshipped(
     assert len(errs) == 1 and key in errs[0] and "checksum" in errs[0]
     assert rows(tmp_path)[b.backup_id]["s3_state"] == "failed"
     # the next run of the job ships the failed copy again (older ones first), then its own
-    assert run_cli(capsys, "--config", cfg, "run", "site")[0] == 0
+    run_ok(capsys, cfg)
     assert {r["s3_state"] for r in rows(tmp_path).values()} == {"copied"}
     fixed = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(fixed).hexdigest() == a["sha256"]
@@ -220,7 +225,7 @@ def test_s3_down_keeps_backups_local_and_retries(
     assert rc == 1 and len(errs) == 1 and "Could not connect" in errs[0]
     server.start()  # back on the same port (a fresh, empty server)
     server.create_bucket(bucket)
-    assert run_cli(capsys, "--config", cfg, "run", "site")[0] == 0
+    run_ok(capsys, cfg)
     assert len(local_backups(tmp_path)) == 1  # now copied: the policy applies
     assert len(remote_ids(server, bucket)) == 3  # both older ones were retried, then the new one
 
@@ -375,7 +380,7 @@ def test_s3_retention_applies_to_the_bucket_listing(
     retention = {"default": {"keep_last": 10}, "s3": {"default": {"keep_last": 2}}}
     cfg = setup(tmp_path, redis_replica, s3_env.endpoint_url, bucket, retention=retention)
     for _ in range(3):
-        assert run_cli(capsys, "--config", cfg, "run", "site")[0] == 0
+        run_ok(capsys, cfg)
     ids = sorted(b.backup_id for b in local_backups(tmp_path))
     assert len(ids) == 3  # local policy keeps 10
     assert remote_ids(s3_env, bucket) == set(ids[-2:])
@@ -396,7 +401,7 @@ def test_catalog_rebuild_from_s3_after_losing_the_machine(
     bucket = new_bucket(s3_env)
     cfg = setup(tmp_path, redis_replica, s3_env.endpoint_url, bucket)
     for _ in range(2):
-        assert run_cli(capsys, "--config", cfg, "run", "site")[0] == 0
+        run_ok(capsys, cfg)
     ids = {b.backup_id for b in local_backups(tmp_path)}
     shutil.rmtree(tmp_path / "etc" / "store")
     shutil.rmtree(tmp_path / "etc" / "state")
