@@ -114,6 +114,9 @@ def health_gate(conn: redis.Redis, job: RedisJob) -> dict[str, Any]:
 # ---------------------------------------------------------------- 2. fresh dump
 
 
+COARSE_SLACK = 0.05  # seconds; a Linux tick is at most 10 ms (HZ=100)
+
+
 def _lastsave(conn: redis.Redis) -> tuple[int, int]:
     """LASTSAVE and the save-attempt counter (rdb_saves, -1 before Redis 7.0)."""
     info = conn.info("persistence")
@@ -121,8 +124,14 @@ def _lastsave(conn: redis.Redis) -> tuple[int, int]:
 
 
 def _server_now(conn: redis.Redis) -> int:
-    sec, _usec = conn.time()
-    return int(sec)
+    """The server's clock in whole seconds, as its `time(NULL)` may still read it.
+
+    TIME is gettimeofday(), but the child stamps the RDB's ctime with time(NULL), which on Linux reads the
+    coarse clock and can trail by up to a scheduler tick: just after a second boundary TIME says N while a
+    save started later still writes ctime N-1. Reading TIME as COARSE_SLACK earlier keeps the two in order.
+    """
+    sec, usec = conn.time()
+    return int(sec + usec / 1e6 - COARSE_SLACK)
 
 
 def _poll(conn: redis.Redis, deadline: float, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:

@@ -437,3 +437,22 @@ def test_health_problems_name_each_field() -> None:
     assert "master_sync_in_progress" in health_problems({**ok, "master_sync_in_progress": 1}, True)[0]
     assert "async_loading" in health_problems({**ok, "async_loading": 1}, True)[0]
     assert "loading is 1" in health_problems({**ok, "loading": 1}, True)[0]
+
+
+def test_fresh_bgsave_ctime_never_before_request_at_second_boundaries(redis_factory: Callable[..., Redis]) -> None:
+    """Back-to-back saves each start just after a second boundary, where time(NULL) (the RDB's ctime) can
+    trail the TIME command by a tick: the recorded request time must never be later than the ctime."""
+    from backupd.formats.rdb import RdbChecker
+
+    server = redis_factory()
+    job = RedisJob(type="redis", schedule="@daily", host=server.host, port=server.port, require_replica=False)
+    with server.client() as c:
+        c.set("k", "v")
+        path = Path(c.config_get("dir")["dir"]) / c.config_get("dbfilename")["dbfilename"]
+        for _ in range(12):
+            res = fresh_bgsave(c, job, 30)
+            checker = RdbChecker()
+            checker.feed(path.read_bytes())
+            result = checker.finish()
+            assert result.ok, result.errors
+            assert result.facts["ctime"] >= res.requested_at, (result.facts["ctime"], res)
