@@ -531,14 +531,14 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 @command("systemd-units")
 def cmd_systemd_units(args: argparse.Namespace) -> int:
-    from backupd.systemd_units import write_units
+    from backupd.systemd_units import timer_names, write_units
 
     config = load(args)
     out = Path(args.output) if args.output else Path("/etc/systemd/system")
     written = write_units(config, out)
     for path in written:
         print(path)
-    timers = " ".join(f"backupd-run@{n}.timer" for n, j in sorted(config.jobs.items()) if j.enabled)
+    timers = " ".join(timer_names(config))
     print(f"next: systemctl daemon-reload && systemctl enable --now {timers}" if timers else "no enabled jobs")
     return EXIT_OK
 
