@@ -11,7 +11,9 @@ torn down in `finally` blocks, so SIGTERM/SIGINT (raised as `Terminated`) leave 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -19,12 +21,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, ClassVar
 
 from backupd.catalog import Catalog
 from backupd.compression import iter_chunks, open_decompressed
-from backupd.config import Config, Job, MySQLJob, WordPressJob, read_secret
-from backupd.errors import BackupdError
+from backupd.config import Config, Job, MongoJob, MySQLJob, WordPressJob, read_secret
+from backupd.errors import BackupdError, StepError, UsageError
 from backupd.restore import (
     MySQLTarget,
     artifacts,
@@ -129,7 +132,7 @@ def _drill_password(job: Job) -> str | None:
         return read_secret(Path(env))
     if isinstance(job, WordPressJob):
         return read_secret(job.mysql.password_file)
-    if isinstance(job, MySQLJob):
+    if isinstance(job, MySQLJob | MongoJob):
         return read_secret(job.password_file)
     return None
 
@@ -264,29 +267,157 @@ def drill_redis(
 
 # ------------------------------------------------------------------ MongoDB
 
+MONGO_DB_NAME_MAX = 63  # bytes
+ExitFn = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], bool]
+
+
+def drill_db_name(backup_id: str, db: str) -> str:
+    """`drill_{backupid}_{db}`: a name no real database has. Over 63 bytes it is cut and ends in a hash of
+    `db`, so two long source names still land in different databases."""
+    name = f"drill_{backup_id.lower()}_{db}"
+    if len(name.encode()) <= MONGO_DB_NAME_MAX:
+        return name
+    head = name.encode()[: MONGO_DB_NAME_MAX - 9].decode("utf-8", "ignore")
+    return f"{head}_{hashlib.sha256(db.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class MongoPlace:
+    """Where a MongoDB drill restores; on a shared `[drill] target` (`backup_id` set) under renamed databases."""
+
+    uri: str
+    password: str | None = field(default=None, repr=False)
+    backup_id: str | None = None
+    databases: tuple[str, ...] = ()
+
+    def db(self, source: str) -> str:
+        return source if self.backup_id is None else drill_db_name(self.backup_id, source)
+
+    def renames(self) -> tuple[list[str], list[str]]:
+        """ns_from / ns_to (mongorestore --nsFrom/--nsTo) moving every source database to its drill name."""
+        return [f"{d}.$coll$" for d in self.databases], [f"{self.db(d)}.$coll$" for d in self.databases]
+
+
+def archive_databases(path: Path) -> list[str]:
+    """The databases a restore of `path` writes, from the archive's own prelude: the manifest does not decide
+    which names get renamed, so nothing can slip through under its real name."""
+    from backupd.formats.mongo_archive import ArchiveError, open_archive
+    from backupd.mongo_native import SKIP_DBS
+
+    _, stream = open_decompressed(path)
+    with stream:
+        try:
+            prelude, _docs = open_archive(stream)
+        except ArchiveError as exc:
+            raise BackupdError(f"drill: {path.name}: {exc}") from None
+    return sorted({e.db for e in prelude.entries if not e.namespace.is_oplog and e.db not in SKIP_DBS})
+
+
+def mongo_target_uri(target: str) -> str:
+    if not target.startswith(("mongodb://", "mongodb+srv://")):
+        raise UsageError("drill: [drill] target of a MongoDB job must be a mongodb:// URI")
+    if re.match(r"^mongodb(\+srv)?://[^/@]*:[^/@]*@", target):
+        raise UsageError(f"drill: [drill] target must not contain a password: use ${DRILL_PASSWORD_ENV}")
+    return target
+
+
+def _refuse_used(place: MongoPlace, names: list[str], host: str) -> None:
+    """A drill database that already holds collections is someone's data (or a leftover the operator should
+    look at): the drill neither restores into it nor drops it."""
+    from backupd.mongo_native import connect, mongo_step
+
+    with connect(place.uri, place.password) as client, mongo_step("drill", host):
+        present = set(client.list_database_names())
+        used = [n for n in names if n in present and client[n].list_collection_names()]
+    if used:
+        raise StepError(
+            "drill", f"database {used[0]} already exists and is not empty: refusing to overwrite it", host=host
+        )
+
+
+def _drop_databases(place: MongoPlace, names: list[str]) -> list[str]:
+    """Drop each database; the names that could not be dropped."""
+    from pymongo.errors import PyMongoError
+
+    from backupd.mongo_native import connect
+
+    failed: list[str] = []
+    try:
+        client = connect(place.uri, place.password)  # a fresh client: an interrupt may have broken the others
+    except BackupdError:
+        return names
+    with client:
+        for name in names:
+            try:
+                client.drop_database(name)
+            except PyMongoError:
+                failed.append(name)
+    return failed
+
+
+def _mongo_dropper(place: MongoPlace, names: list[str], host: str) -> ExitFn:
+    """An ExitStack exit: drops the drill's databases however the drill ends. A failed drop fails an otherwise
+    good drill (copies of real data would stay behind), but never hides an error or interrupt in flight."""
+
+    def drop(exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        failed = _drop_databases(place, names)
+        if failed and exc_type is None:
+            raise StepError("drill cleanup", f"could not drop {', '.join(failed)}: drop them by hand", host=host)
+        return False
+
+    return drop
+
+
+def mongo_place(job: Job, backup: StoredBackup, arts: list[dict[str, Any]], stack: ExitStack, work: Path) -> MongoPlace:
+    """A throwaway server, or the configured `[drill] target`: there the drill's databases must be free, and
+    their drop is registered on `stack` before anything is restored."""
+    if not job.drill.target:
+        server = stack.enter_context(MongoServer(base_dir=work))
+        return MongoPlace(server.uri)
+    from backupd.mongo_native import host_label
+
+    dbs = sorted({d for art in arts for d in archive_databases(backup.path / art["file"])})
+    place = MongoPlace(mongo_target_uri(job.drill.target), _drill_password(job), backup.backup_id, tuple(dbs))
+    host = host_label(place.uri)
+    names = sorted({place.db(d) for d in dbs})
+    _refuse_used(place, names, host)
+    stack.push(_mongo_dropper(place, names, host))
+    return place
+
+
+def mongo_checks(place: MongoPlace, stats: dict[str, Any]) -> list[Check]:
+    """Documents per collection (views and the oplog have no count to compare), read where they were restored."""
+    from backupd.mongo_native import connect, host_label, mongo_step
+
+    checks: list[Check] = []
+    with connect(place.uri, place.password) as client, mongo_step("drill", host_label(place.uri)):
+        for ns, st in sorted(stats.get("namespaces", {}).items()):
+            if st.get("type") not in (None, "collection"):
+                continue
+            db, _, coll = ns.partition(".")
+            got = client[place.db(db)][coll].count_documents({})
+            checks.append(compare(f"mongo {ns} documents", st.get("documents"), got))
+    return checks
+
 
 def drill_mongo(
-    backup: StoredBackup, arts: list[dict[str, Any]], stack: ExitStack, work: Path
+    job: Job, backup: StoredBackup, arts: list[dict[str, Any]], stack: ExitStack, work: Path
 ) -> tuple[list[Check], float]:
     from backupd.mongo_native import restore_archive
 
-    server = stack.enter_context(MongoServer(base_dir=work))
+    place = mongo_place(job, backup, arts, stack, work)
+    ns_from, ns_to = place.renames()
     checks: list[Check] = []
     seconds = 0.0
     for art in arts:
         began = time.monotonic()
         _, stream = open_decompressed(backup.path / art["file"])
-        with stream:
-            restore_archive(stream, server.uri, drop=True)
+        with stream:  # no oplog replay in drills; on a shared target never drop: its databases were checked free
+            restore_archive(
+                stream, place.uri, drop=place.backup_id is None, ns_from=ns_from, ns_to=ns_to, password=place.password
+            )
         seconds += time.monotonic() - began
-        with server.client() as client:
-            for ns, st in sorted(art.get("stats", {}).get("namespaces", {}).items()):
-                if st.get("type") not in (None, "collection"):
-                    continue
-                db, _, coll = ns.partition(".")
-                checks.append(
-                    compare(f"mongo {ns} documents", st.get("documents"), client[db][coll].count_documents({}))
-                )
+        checks += mongo_checks(place, art.get("stats", {}))
     return checks, seconds
 
 
@@ -301,7 +432,7 @@ def run_checks(job: Job, backup: StoredBackup, stack: ExitStack, work: Path) -> 
         ("sql-dump", lambda a: drill_sql(job, backup, a, stack, work)),
         ("tar", lambda a: drill_files(job, backup, a, work)),
         ("redis-rdb", lambda a: drill_redis(backup, a, stack, work)),
-        ("mongo-archive", lambda a: drill_mongo(backup, a, stack, work)),
+        ("mongo-archive", lambda a: drill_mongo(job, backup, a, stack, work)),
     ]
     for fmt, fn in parts:
         arts = artifacts(backup, fmt)

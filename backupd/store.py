@@ -48,7 +48,12 @@ def ensure_private_dir(path: Path) -> Path:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        d.mkdir(mode=DIR_MODE)
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:  # another run (the daemon starts several at once) made it first
+            if not d.is_dir():
+                raise
+            continue
         os.chmod(d, DIR_MODE)
     return path
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from backupd.sandbox import WORDPRESS_SCHEMA, make_site, wordpress_data_sql, write_config, write_secret
-from backupd.scratch import SSHD, MariaDB, Redis
+from backupd.scratch import SSHD, MariaDB, MongoServer, Redis
 
 
 def backupd(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -290,6 +290,165 @@ def test_mongo_drill_and_restore_into_second_server(mongo_factory: Callable[...,
         assert c["shop"]["orders"].count_documents({}) == 700
     out = backupd(cfg, "restore", "mongo", "--to", other.uri)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+
+
+LONG_DB = "analytics_" + "x" * 40  # drill_<id>_<this> is over MongoDB's 63 bytes: cut and hashed
+
+
+def _mongo_job_with_target(
+    mongo_factory: Callable[..., MongoServer], tmp_path: Path, docs: int = 700
+) -> tuple[Path, MongoServer, MongoServer, str]:
+    """(config, source, target, backup id): one committed backup of `source` (shop, crm and a long-named
+    database); the job's `[drill] target` is `target`, which holds data of its own: `billing`, and a `shop`
+    of the same name as the source's that a drill restoring under real names would collide with."""
+    source, target = mongo_factory(), mongo_factory()
+    with source.client() as c:
+        c["shop"]["orders"].insert_many([{"n": i, "item": f"thing {i}"} for i in range(docs)])
+        c["shop"]["users"].insert_many([{"u": i} for i in range(45)])
+        c["crm"]["leads"].insert_many([{"l": i} for i in range(12)])
+        c[LONG_DB]["events"].insert_many([{"e": i} for i in range(7)])
+    with target.client() as c:
+        c["billing"]["invoices"].insert_many([{"inv": i, "eur": i * 10} for i in range(30)])
+        c["shop"]["orders"].insert_many([{"inv": i, "staging": True} for i in range(5)])
+    job = {
+        "type": "mongodb",
+        "schedule": "@daily",
+        "uri": source.uri,
+        "engine": "native",
+        "oplog": False,
+        "drill": {"target": f"{target.uri}?serverSelectionTimeoutMS=3000"},
+    }
+    cfg = write_config(tmp_path / "cfg", {"mongo": job})
+    run = backupd(cfg, "run", "mongo")
+    assert run.returncode == 0, run.stderr
+    from backupd.store import Store
+
+    [stored] = Store(cfg.parent / "store").backups("mongo")
+    return cfg, source, target, stored.backup_id
+
+
+def _drill_dbs(server: MongoServer) -> list[str]:
+    with server.client() as c:
+        return sorted(n for n in c.list_database_names() if n.startswith("drill_"))
+
+
+def _own_data(server: MongoServer) -> list[dict[str, Any]]:
+    """The target's own documents (billing.invoices, then shop.orders)."""
+    with server.client() as c:
+        return [d for coll in (c["billing"]["invoices"], c["shop"]["orders"]) for d in coll.find({}).sort("inv")]
+
+
+def test_drill_db_names_fit_mongodb_and_stay_distinct() -> None:
+    from backupd.drill import drill_db_name
+
+    assert drill_db_name("20240102T030405Z", "shop") == "drill_20240102t030405z_shop"
+    a, b = drill_db_name("20240102T030405Z", "a" * 60 + "x"), drill_db_name("20240102T030405Z", "a" * 60 + "y")
+    assert a != b and a.startswith("drill_20240102t030405z_aaa") and len(a.encode()) == 63
+    wide = drill_db_name("20240102T030405Z", "\u00e9" * 40)  # cut on a character boundary, not inside one
+    assert len(wide.encode()) <= 63 and wide.encode().decode() == wide
+
+
+def test_mongo_drill_into_configured_target_renames_and_drops(
+    mongo_factory: Callable[..., MongoServer], tmp_path: Path
+) -> None:
+    cfg, _, target, backup_id = _mongo_job_with_target(mongo_factory, tmp_path)
+    own = _own_data(target)
+    out = backupd(cfg, "drill", "mongo", "--json")
+    assert out.returncode == 0, out.stderr + out.stdout
+    [report] = json.loads(out.stdout)
+    assert report["outcome"] == "ok" and report["backup_id"] == backup_id
+    checks = {c["check"]: (c["expected"], c["actual"]) for c in report["checks"]}
+    assert checks == {
+        "mongo shop.orders documents": (700, 700),
+        "mongo shop.users documents": (45, 45),
+        "mongo crm.leads documents": (12, 12),
+        f"mongo {LONG_DB}.events documents": (7, 7),
+    }
+    with target.client() as c:
+        names = set(c.list_database_names())
+    assert not {n for n in names if n.startswith("drill_")}, "the drill's databases must be dropped"
+    assert not names & {"crm", LONG_DB}, "nothing may be restored under its real name"
+    assert _own_data(target) == own and len(own) == 30 + 5
+    assert scratch_pids(cfg) == [] and drill_dir_empty(cfg)
+    # proof the drill used that server: without it the drill fails, naming it
+    target.stop()
+    out = backupd(cfg, "drill", "mongo")
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+    assert f"{target.host}:{target.port}" in out.stderr and "Traceback" not in out.stderr
+    assert drills(cfg)[-1]["outcome"] == "failed"
+
+
+def test_mongo_target_drill_that_fails_or_is_interrupted_still_drops(
+    mongo_factory: Callable[..., MongoServer], tmp_path: Path
+) -> None:
+    """In-process, as test_redis does: a manifest edited on disk would fail verification before any restore,
+    so the lost document is edited into the stats handed to the restore step, then an interrupt follows."""
+    from contextlib import ExitStack
+
+    from backupd.config import load_config
+    from backupd.drill import drill_mongo
+    from backupd.runner import Terminated
+    from backupd.store import Store
+
+    cfg, _, target, backup_id = _mongo_job_with_target(mongo_factory, tmp_path)
+    own = _own_data(target)
+    job = load_config(cfg).job("mongo")
+    [stored] = Store(cfg.parent / "store").backups("mongo")
+    arts = json.loads(json.dumps(stored.manifest["artifacts"]))
+    arts[0]["stats"]["namespaces"]["shop.orders"]["documents"] = 701
+    work = tmp_path / "work"
+    work.mkdir()
+    during: list[str] = []
+    with pytest.raises(Terminated), ExitStack() as stack:
+        checks, _ = drill_mongo(job, stored, arts, stack, work)
+        during = _drill_dbs(target)
+        with target.client() as c:
+            restored = c[f"drill_{backup_id.lower()}_shop"]["orders"].count_documents({})
+        raise Terminated(signal.SIGTERM)
+    assert [(c.check, c.expected, c.actual) for c in checks if not c.ok] == [("mongo shop.orders documents", 701, 700)]
+    assert restored == 700 and len(during) == 3 and f"drill_{backup_id.lower()}_crm" in during
+    assert _drill_dbs(target) == [], "a failed, interrupted drill must still drop its databases"
+    assert _own_data(target) == own
+
+
+def test_mongo_target_drill_sigterm_during_restore_drops(
+    mongo_factory: Callable[..., MongoServer], tmp_path: Path
+) -> None:
+    cfg, _, target, _ = _mongo_job_with_target(mongo_factory, tmp_path, docs=40000)
+    own = _own_data(target)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backupd", "--config", str(cfg), "drill", "mongo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: bool(_drill_dbs(target)))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert _drill_dbs(target) == [] and _own_data(target) == own
+    assert drill_dir_empty(cfg)
+    last = drills(cfg)[-1]
+    assert last["outcome"] == "failed" and "interrupted" in last["error"]
+
+
+def test_mongo_target_drill_refuses_a_used_drill_database(
+    mongo_factory: Callable[..., MongoServer], tmp_path: Path
+) -> None:
+    cfg, _, target, backup_id = _mongo_job_with_target(mongo_factory, tmp_path)
+    own = _own_data(target)
+    taken = f"drill_{backup_id.lower()}_crm"
+    with target.client() as c:
+        c[taken]["mine"].insert_many([{"keep": i} for i in range(3)])
+    out = backupd(cfg, "drill", "mongo")
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+    assert taken in out.stderr and "not empty" in out.stderr and f"{target.host}:{target.port}" in out.stderr
+    assert drills(cfg)[-1]["outcome"] == "failed"
+    assert _drill_dbs(target) == [taken], "refused before restoring anything"
+    with target.client() as c:
+        assert c[taken]["mine"].count_documents({}) == 3 and c[taken].list_collection_names() == ["mine"]
+    assert _own_data(target) == own
 
 
 # ------------------------------------------------------------------ WordPress (database + files)
