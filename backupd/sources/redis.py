@@ -4,17 +4,22 @@ Copying "the latest dump.rdb" naively can ship a stale file (no save since yeste
 that is resyncing. So a run (1) gates on the server's replication/persistence state over the Redis protocol,
 (2) makes a fresh BGSAVE and proves it finished (LASTSAVE advanced, status ok), (3) rsyncs the file into the
 job's staging mirror (delta transfer) with `stat` before and after to catch a file replaced mid-copy, and
-(4) streams the staged copy through the pipeline (zstd + sha256 + RDB CRC check) while `redis-check-rdb`
-decodes every value of the same copy. Each refusal is one line naming the host and the field that failed.
+(4) in the same pass, while rsync writes the new copy, streams its bytes through the pipeline (zstd + sha256
++ RDB CRC check) and into `redis-check-rdb`, which decodes every value (backupd.follow explains how).
+Each refusal is one line naming the host and the field that failed.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +32,10 @@ from redis.retry import Retry
 
 from backupd.config import RedisJob, SSHCfg, read_secret
 from backupd.errors import StepError
+from backupd.follow import follow, is_destination
 from backupd.formats.rdb import RdbChecker
-from backupd.pipeline import pump
-from backupd.procs import last_line, run_capture
+from backupd.pipeline import ArtifactResult
+from backupd.procs import drain_lines, last_line
 from backupd.remote import connect, remote_run, ssh_options
 from backupd.sources import DumpContext
 from backupd.store import ensure_private_dir
@@ -286,22 +292,20 @@ class FileProbe:
         return FileState(size, mtime, inode, now)
 
 
-def rsync_file_argv(ssh: SSHCfg | None, path: str, dest: Path) -> list[str]:
-    """rsync of one file into the staging mirror.
+def rsync_file_argv(ssh: SSHCfg | None, path: str, dest: Path, temp_dir: Path) -> list[str]:
+    """rsync of one file into the staging mirror, building the new copy in `temp_dir` (see backupd.follow).
 
     Over SSH, --no-whole-file keeps the delta algorithm on so blocks already in the previous copy are not
-    sent again. Not --inplace there: an RDB that grew near its start shifts every later block to a higher
-    offset, which --inplace cannot match (it found 0% in our bench vs most of the file without it); the
-    price is a temporary second copy in the staging dir. Locally a whole-file --inplace copy is cheapest.
+    sent again. Not --inplace: an RDB that grew near its start shifts every later block to a higher offset,
+    which --inplace cannot match (it found 0% in our bench vs most of the file without it), and a file
+    written in place cannot be followed while it is written; the price is a second copy during the run.
     --ignore-times always compares content: a new dump can have the old one's size and mtime second.
     """
-    argv = ["rsync", "--ignore-times", "--times", "--stats", "--protect-args"]
+    argv = ["rsync", "--ignore-times", "--times", "--stats", "--protect-args", f"--temp-dir={temp_dir}"]
     src = path
     if ssh is not None:
         argv += ["--no-whole-file", "-e", shlex.join(["ssh", *ssh_options(ssh)])]
         src = f"{ssh.target}:{path}"
-    else:
-        argv.append("--inplace")
     return [*argv, "--", src, str(dest)]
 
 
@@ -313,31 +317,6 @@ def _rsync_stats(stdout: str) -> dict[str, str]:
         if sep and key.strip() in keep:
             out[key.strip()] = value.strip()
     return out
-
-
-def copy_stable(probe: FileProbe, ctx: DumpContext, dest: Path) -> tuple[FileState, dict[str, str]]:
-    """rsync the file; if stat shows it changed during the copy, retry once, then fail."""
-    for attempt in (1, 2):
-        before = probe.stat()
-        ctx.events.event("step", step="rsync", host=probe.host, path=probe.path, bytes=before.size)
-        proc = run_capture(rsync_file_argv(probe.ssh, probe.path, dest), timeout=None)
-        if proc.returncode != 0:
-            lines = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("rsync error:")]
-            raise StepError("rsync", f"rsync exited {proc.returncode}: {last_line(lines)}", host=probe.host)
-        after = probe.stat()
-        staged = dest.stat().st_size
-        if (before.size, before.mtime, before.inode) == (after.size, after.mtime, after.inode):
-            if staged != after.size:
-                raise StepError(
-                    "rsync", f"staged copy has {staged} bytes, {probe.path} has {after.size}", host=probe.host
-                )
-            return after, _rsync_stats(proc.stdout)
-        ctx.events.event("warning", step="rsync", host=probe.host, message=f"{probe.path} changed during copy")
-        if attempt == 2:
-            raise StepError(
-                "rsync", f"{probe.path} changed during the copy twice (size/mtime/inode moved)", host=probe.host
-            )
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- 4. verify + stream
@@ -368,33 +347,181 @@ def parse_check_rdb(output: str) -> dict[str, Any]:
     return res
 
 
-def stream_staged(ctx: DumpContext, staged: Path, host: str) -> tuple[Any, dict[str, Any] | None]:
-    """Pipeline the staged copy into dump.rdb.zst while redis-check-rdb decodes it on the other core."""
-    tool = shutil.which("redis-check-rdb")
-    checker_proc: subprocess.Popen[bytes] | None = None
-    if tool is not None:
-        checker_proc = subprocess.Popen(
-            check_rdb_argv(tool, staged), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+class CheckRdbFeed:
+    """`redis-check-rdb /dev/stdin` fed the same bytes as the pipeline: it decodes every value on the other
+    core while we copy, instead of reading the file again afterwards."""
+
+    def __init__(self, tool: str) -> None:
+        self.proc = subprocess.Popen(
+            check_rdb_argv(tool, Path("/dev/stdin")),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-    writer = ctx.artifact("dump", "redis-rdb", ".rdb", RdbChecker())
+        self._lines: collections.deque[str] = collections.deque(maxlen=200)
+        assert self.proc.stdout is not None
+        self._reader = threading.Thread(target=drain_lines, args=(self.proc.stdout, self._lines), daemon=True)
+        self._reader.start()
+        self._open = True
+
+    def feed(self, data: bytes) -> None:
+        if not self._open:
+            return
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+        except BrokenPipeError:  # it stopped reading (unsupported version, or an error it will report)
+            self._open = False
+
+    def finish(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self._open = False
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()
+        self.proc.wait(timeout=CHECK_RDB_TIMEOUT)
+        self._reader.join()
+        res = parse_check_rdb("\n".join(self._lines))
+        res["exit"] = self.proc.returncode
+        return res
+
+    def abort(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(BrokenPipeError, OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        self.proc.wait()
+        self._reader.join(timeout=5)
+
+
+class RdbPass:
+    """One pass over the RDB's bytes: pipeline (zstd + sha256 + our RDB check) and redis-check-rdb."""
+
+    def __init__(self, ctx: DumpContext) -> None:
+        tool = shutil.which("redis-check-rdb")
+        self.writer = ctx.artifact("dump", "redis-rdb", ".rdb", RdbChecker())
+        self.check_rdb: CheckRdbFeed | None = None
+        try:
+            self.check_rdb = CheckRdbFeed(tool) if tool is not None else None
+        except BaseException:
+            self.writer.abort()
+            raise
+
+    def feed(self, data: bytes) -> None:
+        self.writer.write(data)
+        if self.check_rdb is not None:
+            self.check_rdb.feed(data)
+
+    def finish(self) -> tuple[ArtifactResult, dict[str, Any] | None]:
+        try:
+            check = self.check_rdb.finish() if self.check_rdb is not None else None
+            return self.writer.close(), check
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        self.writer.abort()
+        if self.check_rdb is not None:
+            self.check_rdb.abort()
+
+
+def stream_staged(ctx: DumpContext, staged: Path) -> tuple[ArtifactResult, dict[str, Any] | None]:
+    """Second pass over the staged copy (used when the copy could not be followed as it was written)."""
+    rdb = RdbPass(ctx)
     try:
         fd = os.open(staged, os.O_RDONLY)
         try:
-            pump(lambda n: os.read(fd, n), writer)
+            while data := os.read(fd, 1 << 20):
+                rdb.feed(data)
         finally:
             os.close(fd)
-        check: dict[str, Any] | None = None
-        if checker_proc is not None:
-            out, _ = checker_proc.communicate(timeout=CHECK_RDB_TIMEOUT)
-            check = parse_check_rdb(out.decode("utf-8", "replace"))
-            check["exit"] = checker_proc.returncode
     except BaseException:
-        writer.abort()
-        if checker_proc is not None and checker_proc.poll() is None:
-            checker_proc.kill()
-            checker_proc.wait()
+        rdb.abort()
         raise
-    return writer.close(), check
+    return rdb.finish()
+
+
+@dataclass
+class Copied:
+    state: FileState
+    rsync: dict[str, str]
+    artifact: ArtifactResult
+    check_rdb: dict[str, Any] | None
+    followed: bool  # the pass overlapped the copy (False: a second pass over the staged file)
+
+
+def _rsync_following(probe: FileProbe, ctx: DumpContext, dest: Path) -> tuple[int, str, list[str], RdbPass, bool]:
+    """Run rsync into `dest` while one RdbPass reads the file it is writing; (rc, stdout, stderr, pass, followed)."""
+    temp_dir = dest.parent / ".rsync-tmp"
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    ensure_private_dir(temp_dir)
+    err: collections.deque[str] = collections.deque(maxlen=50)
+    with tempfile.TemporaryFile(dir=ctx.tmp_dir) as out:
+        proc = subprocess.Popen(
+            rsync_file_argv(probe.ssh, probe.path, dest, temp_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        drainer = threading.Thread(target=drain_lines, args=(proc.stderr, err), daemon=True)
+        drainer.start()
+        rdb: RdbPass | None = None
+        try:
+            rdb = RdbPass(ctx)
+            followed = follow(temp_dir, proc, rdb.feed)
+            rc = proc.wait()
+            drainer.join()
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if rdb is not None:
+                rdb.abort()
+            raise
+        out.seek(0)
+        stdout = out.read().decode("utf-8", "replace")
+    return rc, stdout, list(err), rdb, rc == 0 and is_destination(followed, dest)
+
+
+def copy_and_stream(probe: FileProbe, ctx: DumpContext, dest: Path) -> Copied:
+    """rsync the file into the mirror and stream it into the artifact in the same pass; if `stat` shows the
+    source changed during the copy, retry once, then fail."""
+    for attempt in (1, 2):
+        before = probe.stat()
+        ctx.events.event("step", step="rsync", host=probe.host, path=probe.path, bytes=before.size)
+        rc, stdout, err, rdb, followed = _rsync_following(probe, ctx, dest)
+        try:
+            if rc != 0:
+                lines = [x for x in err if x.strip() and not x.startswith("rsync error:")]
+                raise StepError("rsync", f"rsync exited {rc}: {last_line(lines)}", host=probe.host)
+            after = probe.stat()
+            changed = (before.size, before.mtime, before.inode) != (after.size, after.mtime, after.inode)
+            if changed and attempt == 2:
+                raise StepError(
+                    "rsync", f"{probe.path} changed during the copy twice (size/mtime/inode moved)", host=probe.host
+                )
+            staged = dest.stat().st_size
+            if not changed and staged != after.size:
+                raise StepError(
+                    "rsync", f"staged copy has {staged} bytes, {probe.path} has {after.size}", host=probe.host
+                )
+        except BaseException:
+            rdb.abort()
+            raise
+        if changed:
+            rdb.abort()
+            ctx.events.event("warning", step="rsync", host=probe.host, message=f"{probe.path} changed during copy")
+            continue
+        if followed:
+            art, check_rdb = rdb.finish()
+        else:
+            rdb.abort()
+            ctx.events.event("step", step="verify", host=probe.host, path=str(dest), message="second pass")
+            art, check_rdb = stream_staged(ctx, dest)
+        return Copied(after, _rsync_stats(stdout), art, check_rdb, followed)
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- source interface
@@ -446,17 +573,16 @@ def dump(job: RedisJob, ctx: DumpContext) -> dict[str, Any]:
     staging = ensure_private_dir(ctx.staging_dir / "redis")
     staged = staging / STAGED_NAME
     with FileProbe(job.ssh, path) as probe:
-        state = probe.stat()
-        if not job.bgsave and state.now - state.mtime > job.max_age:
-            raise StepError(
-                "freshness",
-                f"{path} is {state.now - state.mtime}s old, older than max_age {job.max_age}s (bgsave = false)",
-                host=probe.host,
-            )
-        state, rsync_stats = copy_stable(probe, ctx, staged)
-
-    ctx.events.event("step", step="verify", host=host, path=str(staged))
-    art, check_rdb = stream_staged(ctx, staged, host)
+        if not job.bgsave:
+            state = probe.stat()
+            if state.now - state.mtime > job.max_age:
+                raise StepError(
+                    "freshness",
+                    f"{path} is {state.now - state.mtime}s old, older than max_age {job.max_age}s (bgsave = false)",
+                    host=probe.host,
+                )
+        copied = copy_and_stream(probe, ctx, staged)
+    state, rsync_stats, art, check_rdb = copied.state, copied.rsync, copied.artifact, copied.check_rdb
     result = art.check
     assert result is not None
     if not result.ok:
@@ -504,6 +630,7 @@ def dump(job: RedisJob, ctx: DumpContext) -> dict[str, Any]:
         "file_bytes": state.size,
         "file_mtime": state.mtime,
         "rsync": rsync_stats,
+        "copy_followed": copied.followed,
         "redis_check_rdb": check_rdb if check_rdb is not None else "not installed",
     }
     if save is not None:

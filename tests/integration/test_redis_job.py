@@ -382,6 +382,99 @@ def test_old_file_without_bgsave_is_refused(
     assert_refused(shared, cfg, str(sshd.ssh_config()["host"]), "step freshness", "older than max_age 3600s")
 
 
+# ---------------------------------------------------------------- copy: file replaced mid-copy, second pass
+
+
+def _inprocess_run(cfg: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict[str, Any]], str]:
+    from backupd.cli import main as cli
+
+    capsys.readouterr()
+    rc = cli(["--config", str(cfg), "run", "r"])
+    out, err = capsys.readouterr()
+    return rc, [json.loads(x) for x in out.splitlines() if x.startswith("{")], err
+
+
+def _replace_after_copy(monkeypatch: pytest.MonkeyPatch, src: Path, times: int) -> list[int]:
+    """Let rsync copy, then swap the source for a same-content file (new inode), as a save landing mid-copy
+    does: the stat after the copy must see it."""
+    import backupd.sources.redis as redis_source
+
+    real = redis_source.follow
+    calls: list[int] = []
+
+    def follow_then_replace(directory: Path, proc: subprocess.Popen[bytes], sink: Callable[[bytes], None]) -> Any:
+        followed = real(directory, proc, sink)
+        proc.wait()
+        calls.append(1)
+        if len(calls) <= times:
+            tmp = src.with_name("incoming.rdb")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, src)
+        return followed
+
+    monkeypatch.setattr(redis_source, "follow", follow_then_replace)
+    return calls
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_file_replaced_during_copy_is_copied_again_once(
+    times: int,
+    fresh_rdb: Path,
+    pair: tuple[Redis, Redis],
+    sshd: SSHD,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, replica = pair
+    src = tmp_path / "dump.rdb"
+    shutil.copyfile(fresh_rdb, src)
+    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": write_secret(tmp_path / "pw", PASSWORD)}
+    job = job_for(replica, sshd, own, bgsave=False, max_age="1h", rdb_path=str(src))
+    cfg = make_config(tmp_path / "cfg", own, job)
+    calls = _replace_after_copy(monkeypatch, src, times)
+    rc, events, err = _inprocess_run(cfg, capsys)
+    warnings = [e for e in events if e["event"] == "warning" and "changed during copy" in e.get("message", "")]
+    if times == 1:
+        assert rc == 0, err
+        assert len(calls) == 2 and len(warnings) == 1
+        [b] = backups(own["store"])
+        assert decompress(b / "dump.rdb.zst", tmp_path / "out.rdb").read_bytes() == fresh_rdb.read_bytes()
+    else:
+        assert rc == 1 and "changed during the copy twice" in err and "step rsync" in err, err
+        assert len(calls) == 2 and len(warnings) == 1
+        assert backups(own["store"]) == []
+        assert not [p for p in (own["store"] / "r").iterdir() if p.name.startswith(".partial")]
+
+
+def test_copy_not_followed_falls_back_to_a_second_pass(
+    fresh_rdb: Path,
+    pair: tuple[Redis, Redis],
+    sshd: SSHD,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the bytes read during the copy cannot be proven to be the copy, the staged file is read again."""
+    import backupd.sources.redis as redis_source
+
+    _, replica = pair
+    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": write_secret(tmp_path / "pw", PASSWORD)}
+    cfg = make_config(tmp_path / "cfg", own, job_for(replica, sshd, own))
+    monkeypatch.setattr(redis_source, "follow", lambda directory, proc, sink: sink(b"garbage, not the copy"))
+    rc, events, err = _inprocess_run(cfg, capsys)
+    assert rc == 0, err
+    assert any(e.get("message") == "second pass" for e in events)
+    [b] = backups(own["store"])
+    manifest = json.loads((b / "manifest.json").read_text())
+    assert manifest["source"]["copy_followed"] is False
+    assert manifest["artifacts"][0]["facts"]["keys_source"] == "redis-check-rdb"
+    rdb = decompress(b / "dump.rdb.zst", tmp_path / "out.rdb")
+    staged = tmp_path / "state" / "staging" / "r" / "redis" / "dump.rdb"
+    assert rdb.read_bytes() == staged.read_bytes() and rdb.read_bytes()[:5] == b"REDIS"
+    assert run_cli(cfg, "verify", "r").returncode == 0
+
+
 # ---------------------------------------------------------------- BGSAVE retry logic against a real server
 
 
