@@ -145,6 +145,8 @@ class SSHCfg(Strict):
     user: str = "root"
     key_file: Path | None = None
     known_hosts: Path | None = None
+    # rsync copies over this link (files, Redis) at most this fast: rsync's --bwlimit, KiB/s or "50M"
+    bwlimit: str | None = Field(default=None, pattern=r"^[1-9][0-9]*(\.[0-9]+)?[KMGkmg]?$")
 
     @property
     def target(self) -> str:

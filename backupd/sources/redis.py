@@ -36,7 +36,7 @@ from backupd.follow import follow, is_destination
 from backupd.formats.rdb import RdbChecker
 from backupd.pipeline import ArtifactResult
 from backupd.procs import drain_lines, last_line
-from backupd.remote import connect, remote_run, ssh_options
+from backupd.remote import CONNECT_TIMEOUT, RemoteShell, connect, rsync_link_options, ssh_options
 from backupd.sources import DumpContext
 from backupd.store import ensure_private_dir
 
@@ -257,37 +257,72 @@ class FileState:
 
 
 class FileProbe:
-    """`stat` of the RDB where it lives: over SSH (Fabric) when the job has [ssh], else locally."""
+    """`stat` of the RDB where it lives: over SSH when the job has [ssh], else locally.
 
-    def __init__(self, ssh: SSHCfg | None, path: str) -> None:
+    Over SSH, `start()` connects (Fabric, strict host keys) and opens one remote shell in a background
+    thread, so the handshake overlaps the Redis health gate and BGSAVE; every stat is then one round trip.
+    A connection error is raised by the first `stat()`, after the Redis steps had their say.
+    """
+
+    def __init__(self, ssh: SSHCfg | None) -> None:
         self.ssh = ssh
-        self.path = path
         self.host = ssh.label if ssh else "localhost"
-        self._conn: Any = None
         self._cm: Any = None
+        self._shell: RemoteShell | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> FileProbe:
+    def start(self) -> FileProbe:
         if self.ssh is not None:
-            self._cm = connect(self.ssh)
-            self._conn = self._cm.__enter__()
+            self._thread = threading.Thread(target=self._open, name="ssh-probe", daemon=True)
+            self._thread.start()
         return self
 
+    def _open(self) -> None:
+        assert self.ssh is not None
+        try:
+            self._cm = connect(self.ssh)
+            conn = self._cm.__enter__()
+            self._shell = RemoteShell(conn)
+        except BaseException as exc:  # handed to the caller's thread by _ready()
+            self._error = exc
+
+    def _ready(self) -> RemoteShell:
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            if isinstance(self._error, StepError):
+                raise self._error
+            raise StepError("ssh connect", f"SSH connection failed: {self._error}", host=self.host)
+        assert self._shell is not None
+        return self._shell
+
+    def __enter__(self) -> FileProbe:
+        return self.start()
+
     def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=CONNECT_TIMEOUT + 5)
+        if self._shell is not None:
+            self._shell.close()
         if self._cm is not None:
             self._cm.__exit__(None, None, None)
 
-    def stat(self) -> FileState:
-        if self._conn is None:
+    def stat(self, path: str) -> FileState:
+        if self.ssh is None:
             try:
-                st = os.stat(self.path)
+                st = os.stat(path)
             except OSError as exc:
-                raise StepError("stat", f"{self.path}: {exc.strerror}", host=self.host) from None
+                raise StepError("stat", f"{path}: {exc.strerror}", host=self.host) from None
             return FileState(st.st_size, int(st.st_mtime), st.st_ino, int(time.time()))
-        cmd = f"stat -L -c '%s %Y %i' -- {shlex.quote(self.path)} && date +%s"
-        rc, out, err = remote_run(self._conn, cmd)
+        shell = self._ready()
+        try:
+            rc, out = shell.run(f"stat -L -c '%s %Y %i' -- {shlex.quote(path)} && date +%s")
+        except OSError as exc:
+            raise StepError("stat", f"{path}: {exc}", host=self.host) from None
         fields = out.split()
-        if rc != 0 or len(fields) != 4:
-            raise StepError("stat", f"{self.path}: {last_line(err)}", host=self.host)
+        if rc != 0 or len(fields) != 4 or not all(f.isdigit() for f in fields):
+            raise StepError("stat", f"{path}: {last_line(out)}", host=self.host)
         size, mtime, inode, now = (int(x) for x in fields)
         return FileState(size, mtime, inode, now)
 
@@ -304,7 +339,7 @@ def rsync_file_argv(ssh: SSHCfg | None, path: str, dest: Path, temp_dir: Path) -
     argv = ["rsync", "--ignore-times", "--times", "--stats", "--protect-args", f"--temp-dir={temp_dir}"]
     src = path
     if ssh is not None:
-        argv += ["--no-whole-file", "-e", shlex.join(["ssh", *ssh_options(ssh)])]
+        argv += ["--no-whole-file", *rsync_link_options(ssh), "-e", shlex.join(["ssh", *ssh_options(ssh)])]
         src = f"{ssh.target}:{path}"
     return [*argv, "--", src, str(dest)]
 
@@ -451,7 +486,9 @@ class Copied:
     followed: bool  # the pass overlapped the copy (False: a second pass over the staged file)
 
 
-def _rsync_following(probe: FileProbe, ctx: DumpContext, dest: Path) -> tuple[int, str, list[str], RdbPass, bool]:
+def _rsync_following(
+    probe: FileProbe, path: str, ctx: DumpContext, dest: Path
+) -> tuple[int, str, list[str], RdbPass, bool]:
     """Run rsync into `dest` while one RdbPass reads the file it is writing; (rc, stdout, stderr, pass, followed)."""
     temp_dir = dest.parent / ".rsync-tmp"
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -459,7 +496,7 @@ def _rsync_following(probe: FileProbe, ctx: DumpContext, dest: Path) -> tuple[in
     err: collections.deque[str] = collections.deque(maxlen=50)
     with tempfile.TemporaryFile(dir=ctx.tmp_dir) as out:
         proc = subprocess.Popen(
-            rsync_file_argv(probe.ssh, probe.path, dest, temp_dir),
+            rsync_file_argv(probe.ssh, path, dest, temp_dir),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.PIPE,
@@ -485,34 +522,36 @@ def _rsync_following(probe: FileProbe, ctx: DumpContext, dest: Path) -> tuple[in
     return rc, stdout, list(err), rdb, rc == 0 and is_destination(followed, dest)
 
 
-def copy_and_stream(probe: FileProbe, ctx: DumpContext, dest: Path) -> Copied:
+def copy_and_stream(
+    probe: FileProbe, path: str, ctx: DumpContext, dest: Path, first: FileState | None = None
+) -> Copied:
     """rsync the file into the mirror and stream it into the artifact in the same pass; if `stat` shows the
-    source changed during the copy, retry once, then fail."""
+    source changed during the copy, retry once, then fail. `first`: a stat just taken (no need to repeat it)."""
     for attempt in (1, 2):
-        before = probe.stat()
-        ctx.events.event("step", step="rsync", host=probe.host, path=probe.path, bytes=before.size)
-        rc, stdout, err, rdb, followed = _rsync_following(probe, ctx, dest)
+        before = first if first is not None and attempt == 1 else probe.stat(path)
+        ctx.events.event("step", step="rsync", host=probe.host, path=path, bytes=before.size)
+        rc, stdout, err, rdb, followed = _rsync_following(probe, path, ctx, dest)
         try:
             if rc != 0:
                 lines = [x for x in err if x.strip() and not x.startswith("rsync error:")]
                 raise StepError("rsync", f"rsync exited {rc}: {last_line(lines)}", host=probe.host)
-            after = probe.stat()
+            after = probe.stat(path)
             changed = (before.size, before.mtime, before.inode) != (after.size, after.mtime, after.inode)
             if changed and attempt == 2:
                 raise StepError(
-                    "rsync", f"{probe.path} changed during the copy twice (size/mtime/inode moved)", host=probe.host
+                    "rsync", f"{path} changed during the copy twice (size/mtime/inode moved)", host=probe.host
                 )
             staged = dest.stat().st_size
             if not changed and staged != after.size:
                 raise StepError(
-                    "rsync", f"staged copy has {staged} bytes, {probe.path} has {after.size}", host=probe.host
+                    "rsync", f"staged copy has {staged} bytes, {path} has {after.size}", host=probe.host
                 )
         except BaseException:
             rdb.abort()
             raise
         if changed:
             rdb.abort()
-            ctx.events.event("warning", step="rsync", host=probe.host, message=f"{probe.path} changed during copy")
+            ctx.events.event("warning", step="rsync", host=probe.host, message=f"{path} changed during copy")
             continue
         if followed:
             art, check_rdb = rdb.finish()
@@ -549,7 +588,10 @@ def _keyspace(conn: redis.Redis) -> dict[str, Any]:
     return {str(db): dict(v) for db, v in conn.info("keyspace").items()}
 
 
-def dump(job: RedisJob, ctx: DumpContext) -> dict[str, Any]:
+def _fresh_dump(
+    job: RedisJob, ctx: DumpContext
+) -> tuple[str, SaveResult | None, dict[str, Any], dict[str, Any]]:
+    """Steps 1-2 over the Redis protocol: health gate, locate, BGSAVE (when asked), health again, keyspace."""
     host = host_label(job)
     step = "connect"
     try:
@@ -566,22 +608,26 @@ def dump(job: RedisJob, ctx: DumpContext) -> dict[str, Any]:
                 save = fresh_bgsave(conn, job, float(job.bgsave_timeout))
                 step = "health"
                 info = health_gate(conn, job)  # the link may have dropped while we saved
-            keyspace = _keyspace(conn)
+            return path, save, info, _keyspace(conn)
     except redis.RedisError as exc:
         raise redis_error(exc, job, step) from None
 
-    staging = ensure_private_dir(ctx.staging_dir / "redis")
-    staged = staging / STAGED_NAME
-    with FileProbe(job.ssh, path) as probe:
+
+def dump(job: RedisJob, ctx: DumpContext) -> dict[str, Any]:
+    host = host_label(job)
+    with FileProbe(job.ssh) as probe:  # the SSH handshake runs while we talk to Redis
+        path, save, info, keyspace = _fresh_dump(job, ctx)
+        staged = ensure_private_dir(ctx.staging_dir / "redis") / STAGED_NAME
+        first: FileState | None = None
         if not job.bgsave:
-            state = probe.stat()
-            if state.now - state.mtime > job.max_age:
+            first = probe.stat(path)
+            if first.now - first.mtime > job.max_age:
                 raise StepError(
                     "freshness",
-                    f"{path} is {state.now - state.mtime}s old, older than max_age {job.max_age}s (bgsave = false)",
+                    f"{path} is {first.now - first.mtime}s old, older than max_age {job.max_age}s (bgsave = false)",
                     host=probe.host,
                 )
-        copied = copy_and_stream(probe, ctx, staged)
+        copied = copy_and_stream(probe, path, ctx, staged, first)
     state, rsync_stats, art, check_rdb = copied.state, copied.rsync, copied.artifact, copied.check_rdb
     result = art.check
     assert result is not None

@@ -475,6 +475,28 @@ def test_copy_not_followed_falls_back_to_a_second_pass(
     assert run_cli(cfg, "verify", "r").returncode == 0
 
 
+def test_bwlimit_caps_the_copy_rate(
+    redis_factory: Callable[..., Redis], sshd: SSHD, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`[ssh] bwlimit` reaches rsync: 640 KiB of RDB at 256 KiB/s cannot take less than ~2 s."""
+    server = redis_factory()
+    with server.client() as c:
+        for i in range(10):
+            c.set(f"blob:{i}", os.urandom(64 << 10))
+        c.save()
+    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": tmp_path / "unused"}
+    job = job_for(server, sshd, own, require_replica=False, bgsave=False, max_age="1h")
+    job["ssh"]["bwlimit"] = "256"
+    cfg = make_config(tmp_path / "cfg", own, job)
+    t0 = time.monotonic()
+    rc, _, err = _inprocess_run(cfg, capsys)
+    took = time.monotonic() - t0
+    assert rc == 0, err
+    size = server.rdb_path.stat().st_size
+    assert size > 640 << 10
+    assert took >= 0.8 * size / (256 << 10), f"{size} bytes in {took:.2f}s: the limit did not apply"
+
+
 # ---------------------------------------------------------------- BGSAVE retry logic against a real server
 
 
