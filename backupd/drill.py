@@ -43,7 +43,7 @@ from backupd.restore import (
     run_sql,
 )
 from backupd.scratch import MariaDB, MongoServer, Redis, ScratchError
-from backupd.store import Store, StoredBackup, ensure_private_dir
+from backupd.store import Store, StoredBackup, ensure_private_dir, reading
 
 DRILL_PASSWORD_ENV = "BACKUPD_DRILL_PASSWORD_FILE"  # noqa: S105 (names a file, holds no secret)
 
@@ -464,6 +464,7 @@ def drill_job(config: Config, name: str, catalog: Catalog) -> DrillReport:
         with ExitStack() as stack:
             work.mkdir(mode=0o700)
             stack.callback(shutil.rmtree, work, True)
+            stack.enter_context(reading(backup))  # a prune meanwhile (timer mode) keeps this backup
             ensure_intact(backup, step="drill verify")
             report.checks, report.restore_seconds = run_checks(job, backup, stack, work)
         report.outcome = "ok" if all(c.ok for c in report.checks) else "failed"

@@ -28,7 +28,7 @@ from backupd.compression import iter_chunks, open_decompressed
 from backupd.config import Config, MySQLPart, read_secret
 from backupd.errors import BackupdError, StepError, UsageError
 from backupd.procs import drain_lines
-from backupd.store import Store, StoredBackup
+from backupd.store import Store, StoredBackup, reading
 from backupd.verify import integrity_problems, verify_backup
 
 Progress = Callable[[int], None]
@@ -458,7 +458,14 @@ def restore(
         rdb = artifacts(backup, "redis-rdb")
         raise BackupdError(redis_live_steps(req.to, str(backup.path / rdb[0]["file"]) if rdb else "?"))
 
-    ensure_intact(backup, thorough=False)
+    with reading(backup):
+        ensure_intact(backup, thorough=False)
+        return backup, _restore_from(backup, kind, req, mysql_target, progress)
+
+
+def _restore_from(
+    backup: StoredBackup, kind: str, req: RestoreRequest, mysql_target: MySQLTarget | None, progress: Progress
+) -> list[Restored]:
     done: list[Restored] = []
     if mysql_target is not None:
         if kind == "wordpress" and req.files_to:  # check the directory before writing the database
@@ -482,4 +489,4 @@ def restore(
             began = time.monotonic()
             counts = mongo_restore(backup.path / art["file"], req.to or "", drop=req.yes, password=_password(req))
             done.append(Restored(art["file"], req.to or "", counts, time.monotonic() - began))
-    return backup, done
+    return done

@@ -6,10 +6,13 @@ or failed run leaves at most a `.partial-*` directory, which is never listed and
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,8 +175,43 @@ class Store:
         return None
 
     def delete(self, backup: StoredBackup) -> None:
-        """Remove a committed backup: rename to a partial name first so a crash never leaves half of one."""
-        tomb = backup.path.parent / f"{PARTIAL_PREFIX}deleting-{backup.backup_id}"
-        os.rename(backup.path, tomb)
-        fsync_dir(backup.path.parent)
-        shutil.rmtree(tomb)
+        """Remove a committed backup: rename to a partial name first so a crash never leaves half of one.
+
+        A backup a restore or drill is reading (see `reading`) is not deleted: BackupInUseError, and the
+        next prune tries again.
+        """
+        fd = os.open(backup.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BackupInUseError(backup) from None
+            tomb = backup.path.parent / f"{PARTIAL_PREFIX}deleting-{backup.backup_id}"
+            os.rename(backup.path, tomb)
+            fsync_dir(backup.path.parent)
+            shutil.rmtree(tomb)
+        finally:
+            os.close(fd)
+
+
+class BackupInUseError(OSError):
+    def __init__(self, backup: StoredBackup) -> None:
+        super().__init__(errno.EBUSY, "being read by a restore or drill: kept, the next prune tries again")
+        self.backup = backup
+
+
+@contextmanager
+def reading(backup: StoredBackup) -> Iterator[StoredBackup]:
+    """Hold a shared lock on the backup's directory while a restore or drill reads it, so that a prune
+    running at the same time (a scheduled backup's retention) skips it instead of deleting it mid-read."""
+    try:
+        fd = os.open(backup.path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "the backup was deleted (pruned) just now", str(backup.path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a prune is deleting this very backup
+        if not (backup.path / MANIFEST).is_file():
+            raise FileNotFoundError(errno.ENOENT, "the backup was deleted (pruned) just now", str(backup.path))
+        yield backup
+    finally:
+        os.close(fd)

@@ -24,7 +24,7 @@ from backupd.cli import main as cli
 from backupd.runner import job_lock
 from backupd.sandbox import toml_text, write_config
 from backupd.scratch import Redis, free_port
-from backupd.store import make_backup_id
+from backupd.store import Store, make_backup_id, reading
 
 
 def redis_job(replica: Redis | None) -> dict[str, Any]:
@@ -155,6 +155,32 @@ def test_prune_takes_the_job_lock(tmp_path: Path, capsys: pytest.CaptureFixture[
         rc, _, err = run_cli(capsys, "--config", cfg, "prune", "site")
     assert rc == 75 and "already running" in err
     assert len(store_ids(tmp_path)) == 3
+
+
+def test_backup_being_read_by_a_restore_or_drill_is_kept_until_released(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Timer mode can run a scheduled backup (and its prune) while an operator restores or a drill reads an
+    older backup: prune skips the one being read, says why, and deletes it on a later prune."""
+    cfg = str(setup(tmp_path, retention={"default": {"keep_last": 1}}))
+    ids = fake_history(tmp_path, [datetime.now(UTC) - timedelta(days=d) for d in range(1, 4)])
+    assert run_cli(capsys, "--config", cfg, "catalog", "rebuild")[0] == 0
+    store = Store(tmp_path / "etc" / "store")
+    held = store.find(ids[1], "site")
+    assert held is not None
+    with reading(held):
+        out = subprocess.run(
+            [sys.executable, "-m", "backupd", "--config", cfg, "prune", "site"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert store_ids(tmp_path) == {ids[0], ids[1]}, out.stdout + out.stderr
+        assert "being read by a restore or drill" in out.stdout + out.stderr
+        assert (held.path / "manifest.json").is_file()
+    assert catalog_rows(tmp_path)[ids[1]]["deleted_at"] is None
+    assert run_cli(capsys, "--config", cfg, "prune", "site")[0] == 0
+    assert store_ids(tmp_path) == {ids[0]}
+    with pytest.raises(FileNotFoundError, match="deleted"), reading(held):
+        pass
 
 
 @pytest.mark.parametrize(
