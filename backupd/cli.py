@@ -240,7 +240,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
-    from backupd.store import Store, is_backup_id
+    from backupd.store import Store, is_backup_id, reading
     from backupd.verify import verify_backup
 
     config = load(args)
@@ -258,7 +258,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = []
     try:
         for b in targets:
-            arts = verify_backup(b)
+            try:
+                with reading(b):  # a prune meanwhile keeps it rather than pull files from under us
+                    arts = verify_backup(b)
+            except BackupdError as exc:  # pruned between listing and reading
+                print(f"backupd: verify: {exc}", file=sys.stderr)
+                continue
             ok = all(a["ok"] for a in arts)
             catalog.set_verified(b.job, b.backup_id, ok)
             report.append({"job": b.job, "backup_id": b.backup_id, "ok": ok, "artifacts": arts})

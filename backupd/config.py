@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backupd.errors import ConfigError, UsageError
 
@@ -146,7 +146,18 @@ class SSHCfg(Strict):
     key_file: Path | None = None
     known_hosts: Path | None = None
     # rsync copies over this link (files, Redis) at most this fast: rsync's --bwlimit, KiB/s or "50M"
-    bwlimit: str | None = Field(default=None, pattern=r"^[1-9][0-9]*(\.[0-9]+)?[KMGkmg]?$")
+    bwlimit: str | None = None
+
+    @field_validator("bwlimit", mode="before")
+    @classmethod
+    def _rate(cls, v: object) -> object:
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return str(v)  # KiB/s, as rsync reads a bare number
+        if isinstance(v, str) and re.fullmatch(r"[1-9][0-9]*(\.[0-9]+)?[KMGkmg]?", v):
+            return v
+        if v is None:
+            return v
+        raise ValueError('must be a positive number of KiB/s or a rate like "50M"')
 
     @property
     def target(self) -> str:

@@ -110,6 +110,9 @@ def connect(ssh: SSHCfg) -> Iterator[Connection]:
         else:
             client.load_system_host_keys()
         conn.open()
+        transport = client.get_transport()
+        if transport is not None:  # idle through a long BGSAVE: keep NAT/firewall state alive, as rsync's ssh does
+            transport.set_keepalive(15)
     except (OSError, paramiko.SSHException) as exc:
         conn.close()
         raise _connect_error(ssh, exc) from None
@@ -187,6 +190,7 @@ class RemoteShell:
     def __init__(self, conn: Connection, timeout: float = 120.0) -> None:
         transport = conn.client.get_transport()
         assert transport is not None
+        self.timeout = timeout
         self._chan = transport.open_session()
         self._chan.settimeout(timeout)
         self._chan.exec_command("sh")
@@ -196,7 +200,7 @@ class RemoteShell:
 
     def run(self, command: str) -> tuple[int, str]:
         """(exit status, stdout and stderr together); raises OSError if the shell went away."""
-        self._stdin.write(f"{{ {command}\n}} 2>&1 </dev/null; printf '\\n{self._marker} %d\\n' $?\n".encode())
+        self._stdin.write(f"( {command}\n) 2>&1 </dev/null; printf '\\n{self._marker} %d\\n' $?\n".encode())
         self._stdin.flush()
         lines: list[str] = []
         while True:

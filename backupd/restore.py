@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -21,13 +22,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
-from backupd.compression import iter_chunks, open_decompressed
+from backupd.compression import detect, iter_chunks, open_decompressed
 from backupd.config import Config, MySQLPart, read_secret
 from backupd.errors import BackupdError, StepError, UsageError
-from backupd.procs import drain_lines
+from backupd.procs import F_SETPIPE_SZ, PIPE_SIZE, drain_lines
 from backupd.store import Store, StoredBackup, reading
 from backupd.verify import integrity_problems, verify_backup
 
@@ -194,39 +195,86 @@ def prepare_database(client: str, optfile: Path, database: str, host: str, yes: 
         )
 
 
-def pipe_sql(
-    client: str, optfile: Path, database: str, dump: Path, host: str, progress: Progress = _no_progress
-) -> None:
-    """Stream the decompressed dump into the client's stdin; the client's stderr names a failure."""
-    argv = [client, f"--defaults-extra-file={optfile}", f"--database={database}"]
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stderr is not None
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    drainer = threading.Thread(target=drain_lines, args=(proc.stderr, tail), daemon=True)
-    drainer.start()
-    broken = False
+def _decompressor(dump: Path) -> list[str] | None:
+    """`zstd -dc` / `gzip -dc` when installed: decompressing in its own process, straight into the client's
+    pipe, keeps the (uncompressed, several times larger) SQL out of Python."""
+    with dump.open("rb") as fh:
+        algo = detect(fh.read(4))
+    argv = {"zstd": ["zstd", "-dcq"], "gzip": ["gzip", "-dc"]}.get(algo)
+    return argv if argv is not None and shutil.which(argv[0]) else None
+
+
+def _feed(dest: IO[bytes], chunks: Iterator[bytes], progress: Progress, scale: float) -> bool:
+    """Write every chunk into `dest`; False if the reader went away (its stderr says why)."""
     try:
-        _, stream = open_decompressed(dump)
-        with stream:
-            for chunk in iter_chunks(stream):
-                try:
-                    proc.stdin.write(chunk)
-                except BrokenPipeError:
-                    broken = True
-                    break
-                progress(len(chunk))
+        for chunk in chunks:
+            dest.write(chunk)
+            progress(int(len(chunk) * scale))
+    except BrokenPipeError:
+        return False
+    finally:
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        rc = proc.wait()
+            dest.close()
+    return True
+
+
+def pipe_sql(
+    client: str,
+    optfile: Path,
+    database: str,
+    dump: Path,
+    host: str,
+    progress: Progress = _no_progress,
+    expansion: float = 1.0,
+) -> None:
+    """Stream the decompressed dump into the client's stdin; the client's stderr names a failure.
+
+    `expansion` (raw/stored bytes) scales progress when the compressed file is what we feed."""
+    argv = [client, f"--defaults-extra-file={optfile}", f"--database={database}"]
+    dec_argv = _decompressor(dump)
+    procs: list[subprocess.Popen[bytes]] = []
+    drainers: list[threading.Thread] = []
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    try:
+        if dec_argv is not None:
+            dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(dec)
+            proc = subprocess.Popen(argv, stdin=dec.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            assert dec.stdout is not None
+            dec.stdout.close()  # the client holds the read end now
+        else:
+            dec = None
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        feed_to = dec if dec is not None else proc
+        assert feed_to.stdin is not None and proc.stderr is not None
+        with contextlib.suppress(OSError):  # fewer wake-ups for the client; not fatal if refused
+            fcntl.fcntl(feed_to.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+        drainers += [threading.Thread(target=drain_lines, args=(p.stderr, tail), daemon=True) for p in procs]
+        for t in drainers:
+            t.start()
+        if dec is not None:
+            with dump.open("rb") as fh:
+                ok = _feed(feed_to.stdin, iter_chunks(fh), progress, expansion)
+        else:
+            _, stream = open_decompressed(dump)
+            with stream:
+                ok = _feed(feed_to.stdin, iter_chunks(stream), progress, 1.0)
+        rcs = [p.wait() for p in procs]
     except BaseException:
-        proc.kill()
-        proc.wait()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
         raise
     finally:
-        drainer.join(timeout=5)
-        proc.stderr.close()
-    if rc != 0 or broken:
-        why = tail[-1] if tail else f"client exited {rc}"
+        for t in drainers:
+            t.join(timeout=5)
+        for p in procs:
+            if p.stderr is not None:
+                p.stderr.close()
+    if any(rcs) or not ok:
+        why = tail[-1] if tail else f"client exited {rcs[-1]}"
         raise StepError("restore", f"database {database}: {why}", host=host)
 
 
@@ -262,7 +310,8 @@ def restore_sql_artifacts(
             prepare_database(client, optfile, name, target.label, yes)
         for art, name in plan:
             began = time.monotonic()
-            pipe_sql(client, optfile, name, backup.path / art["file"], target.label, progress)
+            expansion = int(art.get("raw_bytes", 0)) / max(1, int(art.get("bytes", 0)))
+            pipe_sql(client, optfile, name, backup.path / art["file"], target.label, progress, expansion)
             stats = art.get("stats", {})
             objects = {"tables": len(stats.get("tables", {})), "rows": int(stats.get("rows", 0))}
             out.append(Restored(art["file"], f"{target.label}/{name}", objects, time.monotonic() - began))

@@ -22,7 +22,7 @@ from backupd.catalog import Catalog
 from backupd.config import Config, S3Cfg
 from backupd.errors import BackupdError, StepError
 from backupd.logs import EventLog
-from backupd.store import MANIFEST, Store, StoredBackup, is_backup_id
+from backupd.store import MANIFEST, Store, StoredBackup, is_backup_id, reading
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -376,13 +376,17 @@ def ship(
         return errors
     for b in todo:
         try:
-            sums = copy_backup(bucket, b)
+            with reading(b):
+                sums = copy_backup(bucket, b)
         except S3Error as exc:
             catalog.set_s3_state(job, b.backup_id, "failed", error=exc.reason)
             events.event("s3_failed", step="s3", backup_id=b.backup_id, error=exc.reason)
             errors.append(str(exc))
             if _unreachable(exc):
                 break  # the rest would fail the same way; they stay pending for the next run
+            continue
+        except BackupdError as exc:  # deleted locally since it was listed: nothing left to copy
+            events.event("warning", step="s3", backup_id=b.backup_id, error=str(exc))
             continue
         catalog.set_s3_copied(job, b.backup_id, sums)
         events.event(
@@ -442,12 +446,16 @@ def verify_copies(
                     out.append(CopyReport(job, bid, False, "failed", [row["s3_error"] or "no local copy to ship"]))
                     continue
                 try:
-                    sums = copy_backup(bucket, local)
+                    with reading(local):
+                        sums = copy_backup(bucket, local)
                 except S3Error as exc:
                     catalog.set_s3_state(job, bid, "failed", error=exc.reason)
                     out.append(CopyReport(job, bid, False, "failed", [exc.reason]))
                     if _unreachable(exc):
                         return out  # every other copy would fail the same way
+                    continue
+                except BackupdError as exc:  # deleted locally since it was listed
+                    out.append(CopyReport(job, bid, False, "failed", [str(exc)]))
                     continue
                 catalog.set_s3_copied(job, bid, sums)
                 out.append(CopyReport(job, bid, True, "copied", []))

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from backupd.errors import BackupdError
 from backupd.pipeline import fsync_dir
 
 DIR_MODE = 0o700
@@ -186,6 +187,11 @@ class Store:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise BackupInUseError(backup) from None
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    raise
+                # a store on NFS: flock becomes a byte-range lock, which a directory fd cannot take for
+                # writing (EBADF). Delete unlocked, as before this guard existed.
             tomb = backup.path.parent / f"{PARTIAL_PREFIX}deleting-{backup.backup_id}"
             os.rename(backup.path, tomb)
             fsync_dir(backup.path.parent)
@@ -204,14 +210,22 @@ class BackupInUseError(OSError):
 def reading(backup: StoredBackup) -> Iterator[StoredBackup]:
     """Hold a shared lock on the backup's directory while a restore or drill reads it, so that a prune
     running at the same time (a scheduled backup's retention) skips it instead of deleting it mid-read."""
+    gone = BackupdError(f"backup {backup.job}/{backup.backup_id} was deleted (pruned) just now: pick another")
     try:
         fd = os.open(backup.path, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, "the backup was deleted (pruned) just now", str(backup.path)) from None
+        raise gone from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a prune is deleting this very backup
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a prune is deleting this very backup
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
         if not (backup.path / MANIFEST).is_file():
-            raise FileNotFoundError(errno.ENOENT, "the backup was deleted (pruned) just now", str(backup.path))
+            raise gone
         yield backup
     finally:
         os.close(fd)
+
+
+_NO_LOCKS = (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # filesystems without flock

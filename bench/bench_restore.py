@@ -38,11 +38,28 @@ def backupd(cfg: Path, *args: str, env: dict[str, str] | None = None) -> float:
     return time.monotonic() - began
 
 
+def plain_load(target: MariaDB, plain: Path) -> float:
+    target.execute("CREATE DATABASE plain")
+    began = time.monotonic()
+    with plain.open("rb") as fh:
+        subprocess.run(["mariadb", f"--defaults-extra-file={target.option_file}", "plain"], stdin=fh, check=True)
+    return time.monotonic() - began
+
+
+def backupd_restore(target: MariaDB, cfg: Path, base: Path, rows: int) -> float:
+    env = {"BACKUPD_RESTORE_PASSWORD_FILE": str(write_secret(base / "t.pw", target.root_password))}
+    took = backupd(cfg, "restore", "mysql", "--to", f"mysql://root@{target.host}:{target.port}/restored", env=env)
+    n = target.execute("SELECT COUNT(*) FROM restored.t")[0][0]
+    assert int(n) == rows, (n, rows)
+    return took
+
+
 def main() -> None:
     size_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     rows = size_mb * 1024 * 1024 // ROW_BYTES
     base = Path(tempfile.mkdtemp(prefix="bench-restore-"))
-    with MariaDB(base) as src, MariaDB(base) as t1, MariaDB(base) as t2:
+    plain = base / "dump.sql"
+    with MariaDB(base) as src:
         print(f"generating ~{size_mb} MB ({rows} rows) ...", flush=True)
         src.execute(
             "CREATE DATABASE bench; CREATE TABLE bench.t (id bigint PRIMARY KEY, a varchar(255), b int,"
@@ -72,31 +89,30 @@ def main() -> None:
             },
         )
         dump_s = backupd(cfg, "run", "mysql")
-        artifact = next((base / "cfg" / "store" / "mysql").glob("*/bench.sql.*"))
-        plain = base / "dump.sql"
-        _, stream = open_decompressed(artifact)
-        with stream, plain.open("wb") as fh:
-            for chunk in iter_chunks(stream):
-                fh.write(chunk)
-        raw = plain.stat().st_size
-        print(f"dump: {raw / 2**20:.0f} MiB raw, {artifact.stat().st_size / 2**20:.0f} MiB stored, {dump_s:.1f}s")
+    artifact = next((base / "cfg" / "store" / "mysql").glob("*/bench.sql.*"))
+    _, stream = open_decompressed(artifact)
+    with stream, plain.open("wb") as fh:
+        for chunk in iter_chunks(stream):
+            fh.write(chunk)
+    raw = plain.stat().st_size
+    print(f"dump: {raw / 2**20:.0f} MiB raw, {artifact.stat().st_size / 2**20:.0f} MiB stored, {dump_s:.1f}s")
 
-        t1.execute("CREATE DATABASE plain")
-        began = time.monotonic()
-        with plain.open("rb") as fh:
-            subprocess.run(["mariadb", f"--defaults-extra-file={t1.option_file}", "plain"], stdin=fh, check=True)
-        base_s = time.monotonic() - began
-        plain.unlink()
+    # Each load gets a fresh server, shut down (its dirty pages flushed) and the disk synced before the next
+    # one starts, and the order alternates: a load must not pay for the previous one's background writes.
+    times: dict[str, list[float]] = {"plain": [], "backupd": []}
+    for kind in ("plain", "backupd", "backupd", "plain"):
+        os.sync()
+        with MariaDB(base) as target:
+            took = plain_load(target, plain) if kind == "plain" else backupd_restore(target, cfg, base, rows)
+        times[kind].append(took)
+        print(f"  {kind:8s} {took:6.1f}s", flush=True)
+    os.sync()
+    drill_s = backupd(cfg, "drill", "mysql")
 
-        env = {"BACKUPD_RESTORE_PASSWORD_FILE": str(write_secret(base / "t2.pw", t2.root_password))}
-        restore_s = backupd(cfg, "restore", "mysql", "--to", f"mysql://root@{t2.host}:{t2.port}/restored", env=env)
-        n = t2.execute("SELECT COUNT(*) FROM restored.t")[0][0]
-        assert int(n) == rows, (n, rows)
-        drill_s = backupd(cfg, "drill", "mysql")
-
-    print(f"mariadb < dump.sql   {base_s:8.1f}s  {raw / 2**20 / base_s:6.1f} MiB/s")
+    base_s, restore_s = min(times["plain"]), min(times["backupd"])
+    print(f"mariadb < dump.sql   {base_s:8.1f}s  {raw / 2**20 / base_s:6.1f} MiB/s  (best of 2)")
     rate = raw / 2**20 / restore_s
-    print(f"backupd restore      {restore_s:8.1f}s  {rate:6.1f} MiB/s  ratio {restore_s / base_s:.2f}x")
+    print(f"backupd restore      {restore_s:8.1f}s  {rate:6.1f} MiB/s  ratio {restore_s / base_s:.2f}x  (best of 2)")
     print(f"backupd drill        {drill_s:8.1f}s  (scratch server start + verify + restore + counts)")
     subprocess.run(["rm", "-rf", str(base)], check=False)
 

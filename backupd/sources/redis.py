@@ -36,7 +36,7 @@ from backupd.follow import follow, is_destination
 from backupd.formats.rdb import RdbChecker
 from backupd.pipeline import ArtifactResult
 from backupd.procs import drain_lines, last_line
-from backupd.remote import CONNECT_TIMEOUT, RemoteShell, connect, rsync_link_options, ssh_options
+from backupd.remote import RemoteShell, connect, rsync_link_options, ssh_options
 from backupd.sources import DumpContext
 from backupd.store import ensure_private_dir
 
@@ -46,6 +46,8 @@ CHECK_RDB_TIMEOUT = 6 * 3600
 _BUSY_RDB = "already in progress"
 _BUSY_CHILD = "another child process is active"
 _CHECK_INFO = re.compile(r"^\[info\] (\d+) (keys read|expires|already expired)$")
+_CHECK_OK = re.compile(r"^\[offset \d+\] \\o/ RDB looks OK! \\o/$")
+_CHECK_UNSUPPORTED = re.compile(r"^\[offset \d+\] (Can't handle RDB format version \d+)$")
 
 
 def host_label(job: RedisJob) -> str:
@@ -267,7 +269,9 @@ class FileProbe:
     def __init__(self, ssh: SSHCfg | None) -> None:
         self.ssh = ssh
         self.host = ssh.label if ssh else "localhost"
-        self._cm: Any = None
+        self._lock = threading.Lock()
+        self._closing = False
+        self._cm: Any = None  # set (under the lock) only once the connection is fully open
         self._shell: RemoteShell | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -280,12 +284,19 @@ class FileProbe:
 
     def _open(self) -> None:
         assert self.ssh is not None
+        cm: Any = None
         try:
-            self._cm = connect(self.ssh)
-            conn = self._cm.__enter__()
-            self._shell = RemoteShell(conn)
+            cm = connect(self.ssh)
+            shell = RemoteShell(cm.__enter__())
         except BaseException as exc:  # handed to the caller's thread by _ready()
             self._error = exc
+            return
+        with self._lock:
+            if not self._closing:
+                self._cm, self._shell = cm, shell
+                return
+        shell.close()  # the run ended while we were connecting: nobody else will close this
+        cm.__exit__(None, None, None)
 
     def _ready(self) -> RemoteShell:
         assert self._thread is not None
@@ -301,12 +312,15 @@ class FileProbe:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout=CONNECT_TIMEOUT + 5)
-        if self._shell is not None:
-            self._shell.close()
-        if self._cm is not None:
-            self._cm.__exit__(None, None, None)
+        """Close what is open; never wait for a connect still in progress (the Redis step may have failed,
+        or SIGTERM arrived): the thread closes its own connection when it gets one."""
+        with self._lock:
+            self._closing = True
+            shell, cm = self._shell, self._cm
+        if shell is not None:
+            shell.close()
+        if cm is not None:
+            cm.__exit__(None, None, None)
 
     def stat(self, path: str) -> FileState:
         if self.ssh is None:
@@ -318,6 +332,9 @@ class FileProbe:
         shell = self._ready()
         try:
             rc, out = shell.run(f"stat -L -c '%s %Y %i' -- {shlex.quote(path)} && date +%s")
+        except TimeoutError:
+            msg = f"{path}: no answer from the SSH host within {shell.timeout:.0f}s"
+            raise StepError("stat", msg, host=self.host) from None
         except OSError as exc:
             raise StepError("stat", f"{path}: {exc}", host=self.host) from None
         fields = out.split()
@@ -361,17 +378,21 @@ def check_rdb_argv(tool: str, path: Path) -> list[str]:
     return [tool, str(path)]
 
 
-def parse_check_rdb(output: str) -> dict[str, Any]:
-    """redis-check-rdb's verdict: ok flag, key/expiry counts, the first error line, or 'unsupported'."""
-    res: dict[str, Any] = {"ok": "RDB looks OK" in output}
-    names = {"keys read": "keys", "expires": "expires", "already expired": "already_expired"}
+def parse_check_rdb(output: str, exit_code: int) -> dict[str, Any]:
+    """redis-check-rdb's verdict: ok flag, key/expiry counts, the first error line, or 'unsupported'.
+
+    Only whole lines count: key names appear in its error output, and a key may be named "RDB looks OK".
+    """
     lines = [x.strip() for x in output.splitlines()]
+    res: dict[str, Any] = {"ok": exit_code == 0 and any(_CHECK_OK.match(x) for x in lines), "exit": exit_code}
+    names = {"keys read": "keys", "expires": "expires", "already expired": "already_expired"}
     for line in lines:
         m = _CHECK_INFO.match(line)
         if m:
             res[names[m.group(2)]] = int(m.group(1))
-        if "Can't handle RDB format version" in line:
-            res["unsupported"] = line.split("]", 1)[-1].strip()
+        u = _CHECK_UNSUPPORTED.match(line)
+        if u and "--- RDB ERROR DETECTED ---" not in lines[: lines.index(line)]:
+            res["unsupported"] = u.group(1)
     if not res["ok"]:
         if "--- RDB ERROR DETECTED ---" in lines:
             after = lines[lines.index("--- RDB ERROR DETECTED ---") + 1 :]
@@ -413,11 +434,13 @@ class CheckRdbFeed:
         self._open = False
         with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.close()
-        self.proc.wait(timeout=CHECK_RDB_TIMEOUT)
-        self._reader.join()
-        res = parse_check_rdb("\n".join(self._lines))
-        res["exit"] = self.proc.returncode
-        return res
+        try:
+            self.proc.wait(timeout=CHECK_RDB_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            raise StepError("redis-check-rdb", f"no verdict after {CHECK_RDB_TIMEOUT}s") from None
+        self._reader.join(timeout=5)
+        return parse_check_rdb("\n".join(self._lines), self.proc.returncode)
 
     def abort(self) -> None:
         if self.proc.poll() is None:
@@ -509,7 +532,7 @@ def _rsync_following(
             rdb = RdbPass(ctx)
             followed = follow(temp_dir, proc, rdb.feed)
             rc = proc.wait()
-            drainer.join()
+            drainer.join(timeout=5)
         except BaseException:
             if proc.poll() is None:
                 proc.kill()

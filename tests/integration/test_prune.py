@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from backupd.cli import main as cli
+from backupd.errors import BackupdError
 from backupd.runner import job_lock
 from backupd.sandbox import toml_text, write_config
 from backupd.scratch import Redis, free_port
@@ -179,7 +180,7 @@ def test_backup_being_read_by_a_restore_or_drill_is_kept_until_released(
     assert catalog_rows(tmp_path)[ids[1]]["deleted_at"] is None
     assert run_cli(capsys, "--config", cfg, "prune", "site")[0] == 0
     assert store_ids(tmp_path) == {ids[0]}
-    with pytest.raises(FileNotFoundError, match="deleted"), reading(held):
+    with pytest.raises(BackupdError, match="deleted"), reading(held):
         pass
 
 

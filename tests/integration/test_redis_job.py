@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -495,6 +496,52 @@ def test_bwlimit_caps_the_copy_rate(
     size = server.rdb_path.stat().st_size
     assert size > 640 << 10
     assert took >= 0.8 * size / (256 << 10), f"{size} bytes in {took:.2f}s: the limit did not apply"
+
+
+def test_key_named_like_the_verdict_cannot_pass_a_corrupt_file(
+    redis_factory: Callable[..., Redis], sshd: SSHD, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """redis-check-rdb prints the key it failed on: a key named "RDB looks OK" must not read as its verdict.
+    The checksum trailer is zeroed (what `rdbchecksum no` writes), so only the full decode finds the damage."""
+    server = redis_factory()
+    with server.client() as c:
+        for i in range(200):
+            c.set(f"k{i}", "v" * 30)
+        c.set("RDB looks OK", "abcdefghij")  # short: stored as a plain string, not LZF
+        c.save()
+    data = bytearray(server.rdb_path.read_bytes())
+    at = data.find(b"RDB looks OK") + len(b"RDB looks OK")
+    data[at] = 0xC3  # the value's length byte now claims an LZF string that is not there
+    data[-8:] = b"\0" * 8
+    bad = tmp_path / "dump.rdb"
+    bad.write_bytes(bytes(data))
+    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": tmp_path / "unused"}
+    job = job_for(server, sshd, own, require_replica=False, bgsave=False, max_age="1h", rdb_path=str(bad))
+    rc, _, err = _inprocess_run(make_config(tmp_path / "cfg", own, job), capsys)
+    assert rc == 1 and "step redis-check-rdb" in err, err
+    assert backups(own["store"]) == []
+
+
+def test_redis_error_is_reported_at_once_while_ssh_still_connects(
+    pair: tuple[Redis, Redis], sshd: SSHD, tmp_path: Path
+) -> None:
+    """The SSH handshake runs beside the Redis steps; when Redis refuses first, the run ends with Redis's
+    one-line error, without waiting for (or tripping over) an SSH connect that is still hanging."""
+    _, replica = pair
+    bad = write_secret(tmp_path / "bad.password", "not-the-password")
+    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": bad}
+    with socket.socket() as silent:  # accepts TCP (kernel backlog), never sends an SSH banner
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        job = job_for(replica, sshd, own, password_file=str(bad))
+        job["ssh"] = {**job["ssh"], "port": silent.getsockname()[1]}
+        t0 = time.monotonic()
+        proc = run_cli(make_config(tmp_path / "cfg", own, job), "run", "r")
+        took = time.monotonic() - t0
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "step connect" in lines[0] and "authentication failed" in lines[0], lines[0]
+    assert took < 10, f"waited {took:.1f}s for the SSH connect"
 
 
 # ---------------------------------------------------------------- BGSAVE retry logic against a real server

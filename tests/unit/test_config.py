@@ -52,6 +52,8 @@ def test_deep_merge_replaces_leaves_and_merges_tables() -> None:
         ('type = "files"\nschedule = "@daily"\n', "source", "required"),
         (FILES_JOB + '[ssh]\nhost = "h"\nkey_file = "/nonexistent/key"\n', "ssh.key_file", "does not exist"),
         (FILES_JOB + '[ssh]\nhost = "h"\nport = "22a"\n', "ssh.port", ""),
+        (FILES_JOB + '[ssh]\nhost = "h"\nbwlimit = "fast"\n', "ssh.bwlimit", "KiB/s"),
+        (FILES_JOB + '[ssh]\nhost = "h"\nbwlimit = 0\n', "ssh.bwlimit", "KiB/s"),
         ('type = "mysql"\nschedule = "@daily"\nvia_ssh = true\n', None, "via_ssh = true needs an [ssh] table"),
         ('type = "mongodb"\nschedule = "@daily"\nuri = "mongodb://u:secret@h/"\n', None, "password_file"),
     ],
