@@ -6,6 +6,7 @@ root's grants) -- ask a `*_factory` for instances of your own, which are stopped
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,3 +101,34 @@ def moto_s3_factory() -> Iterator[Callable[..., MotoS3]]:
 @pytest.fixture
 def mongo_factory() -> Iterator[Callable[..., MongoServer]]:
     yield from _factory(MongoServer)
+
+
+Race = Callable[[Callable[[Any], object], Any, int], list[str]]
+
+
+def _race_worker(fn: Callable[[Any], object], arg: Any, barrier: Any, out: Any) -> None:
+    barrier.wait()
+    try:
+        fn(arg)
+        out.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        out.put(repr(exc))
+
+
+@pytest.fixture
+def race() -> Race:
+    """Run `fn(arg)` in `n` forked processes released at the same instant (as the daemon starts several
+    runs at once); returns the failures as reprs, so a test asserts they are none."""
+
+    def run(fn: Callable[[Any], object], arg: Any, n: int = 4) -> list[str]:
+        ctx = multiprocessing.get_context("fork")
+        barrier = ctx.Barrier(n)
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_race_worker, args=(fn, arg, barrier, out)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        return [r for r in (out.get(timeout=5) for _ in procs) if r != "ok"]
+
+    return run

@@ -386,6 +386,11 @@ def test_old_file_without_bgsave_is_refused(
 # ---------------------------------------------------------------- copy: file replaced mid-copy, second pass
 
 
+def own_dirs(tmp_path: Path, secret: Path | None = None) -> dict[str, Path]:
+    """A store and state of the test's own (the module's shared good backup stays out of it)."""
+    return {"store": tmp_path / "store", "state": tmp_path / "state", "secret": secret or tmp_path / "unused"}
+
+
 def _inprocess_run(cfg: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict[str, Any]], str]:
     from backupd.cli import main as cli
 
@@ -430,7 +435,7 @@ def test_file_replaced_during_copy_is_copied_again_once(
     _, replica = pair
     src = tmp_path / "dump.rdb"
     shutil.copyfile(fresh_rdb, src)
-    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": write_secret(tmp_path / "pw", PASSWORD)}
+    own = own_dirs(tmp_path, write_secret(tmp_path / "pw", PASSWORD))
     job = job_for(replica, sshd, own, bgsave=False, max_age="1h", rdb_path=str(src))
     cfg = make_config(tmp_path / "cfg", own, job)
     calls = _replace_after_copy(monkeypatch, src, times)
@@ -460,7 +465,7 @@ def test_copy_not_followed_falls_back_to_a_second_pass(
     import backupd.sources.redis as redis_source
 
     _, replica = pair
-    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": write_secret(tmp_path / "pw", PASSWORD)}
+    own = own_dirs(tmp_path, write_secret(tmp_path / "pw", PASSWORD))
     cfg = make_config(tmp_path / "cfg", own, job_for(replica, sshd, own))
     monkeypatch.setattr(redis_source, "follow", lambda directory, proc, sink: sink(b"garbage, not the copy"))
     rc, events, err = _inprocess_run(cfg, capsys)
@@ -485,7 +490,7 @@ def test_bwlimit_caps_the_copy_rate(
         for i in range(10):
             c.set(f"blob:{i}", os.urandom(64 << 10))
         c.save()
-    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": tmp_path / "unused"}
+    own = own_dirs(tmp_path)
     job = job_for(server, sshd, own, require_replica=False, bgsave=False, max_age="1h")
     job["ssh"]["bwlimit"] = "256"
     cfg = make_config(tmp_path / "cfg", own, job)
@@ -515,7 +520,7 @@ def test_key_named_like_the_verdict_cannot_pass_a_corrupt_file(
     data[-8:] = b"\0" * 8
     bad = tmp_path / "dump.rdb"
     bad.write_bytes(bytes(data))
-    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": tmp_path / "unused"}
+    own = own_dirs(tmp_path)
     job = job_for(server, sshd, own, require_replica=False, bgsave=False, max_age="1h", rdb_path=str(bad))
     rc, _, err = _inprocess_run(make_config(tmp_path / "cfg", own, job), capsys)
     assert rc == 1 and "step redis-check-rdb" in err, err
@@ -529,7 +534,7 @@ def test_redis_error_is_reported_at_once_while_ssh_still_connects(
     one-line error, without waiting for (or tripping over) an SSH connect that is still hanging."""
     _, replica = pair
     bad = write_secret(tmp_path / "bad.password", "not-the-password")
-    own = {"store": tmp_path / "store", "state": tmp_path / "state", "secret": bad}
+    own = own_dirs(tmp_path, bad)
     with socket.socket() as silent:  # accepts TCP (kernel backlog), never sends an SSH banner
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)

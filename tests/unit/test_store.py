@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import stat
 import tempfile
 from pathlib import Path
 
 from backupd.store import ensure_private_dir
+from tests.conftest import Race
 
 
-def _make(path: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue[str]) -> None:
-    barrier.wait()
-    try:
-        ensure_private_dir(Path(path))
-        out.put("ok")
-    except Exception as exc:  # reported to the parent, which asserts on it
-        out.put(repr(exc))
-
-
-def test_concurrent_ensure_private_dir() -> None:
-    ctx = multiprocessing.get_context("fork")
+def test_concurrent_ensure_private_dir(race: Race) -> None:
     failures: list[str] = []
     for _ in range(30):
         with tempfile.TemporaryDirectory() as base:
             target = Path(base) / "cfg" / "store" / "job"
-            barrier = ctx.Barrier(4)
-            out: multiprocessing.Queue[str] = ctx.Queue()
-            procs = [ctx.Process(target=_make, args=(str(target), barrier, out)) for _ in range(4)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join(30)
-            failures += [r for r in (out.get(timeout=5) for _ in procs) if r != "ok"]
+            failures += race(ensure_private_dir, target, 4)
             for d in (target, target.parent, target.parent.parent):
                 assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert failures == []
