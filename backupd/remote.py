@@ -193,6 +193,7 @@ class RemoteShell:
         self.timeout = timeout
         self._chan = transport.open_session()
         self._chan.settimeout(timeout)
+        self._chan.set_combine_stderr(True)  # the shell's own complaints too: nothing left unread to fill a window
         self._chan.exec_command("sh")
         self._stdin = self._chan.makefile_stdin("wb")
         self._stdout = self._chan.makefile("rb")
