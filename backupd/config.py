@@ -179,6 +179,7 @@ class JobBase(Strict):
     timeout: Duration = 6 * 3600
     drill_schedule: str | None = None
     drill: DrillCfg = DrillCfg()
+    compression: CompressionCfg | None = None  # replaces [compression] for this job (e.g. level 1 for RDBs)
 
 
 class MySQLPart(Strict):

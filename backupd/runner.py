@@ -127,7 +127,7 @@ def _run_locked(
                 partial_dir=partial,
                 staging_dir=ensure_private_dir(config.state_dir / "staging" / name),
                 tmp_dir=tmp_dir,
-                compression=config.settings.compression,
+                compression=job.compression or config.settings.compression,
                 events=events,
                 progress=bar,
             )
