@@ -554,12 +554,15 @@ def cmd_systemd_units(args: argparse.Namespace) -> int:
 @command("restore")
 def cmd_restore(args: argparse.Namespace) -> int:
     from backupd.logs import ByteProgress
-    from backupd.restore import RestoreRequest, restore
+    from backupd.restore import MongoOptions, RestoreRequest, restore
     from backupd.runner import terminate_on_signals
 
     config = load(args)
+    mongo = MongoOptions(
+        tuple(args.ns_from), tuple(args.ns_to), args.oplog_replay, "mongorestore" if args.mongorestore else "native"
+    )
     req = RestoreRequest(
-        args.job, args.backup, args.to, args.files_to, args.password_file, args.database, args.yes
+        args.job, args.backup, args.to, args.files_to, args.password_file, args.database, args.yes, mongo
     )
     began = datetime.now(UTC)
     with terminate_on_signals(), ByteProgress(sys.stdout.isatty()) as progress:
@@ -660,6 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true", help="allow writing into a non-empty target")
     s.add_argument("--password-file", metavar="FILE", help="target password (default: $BACKUPD_RESTORE_PASSWORD_FILE)")
     s.add_argument("--database", metavar="NAME", help="restore only this database of a multi-database backup")
+    s.add_argument("--ns-from", action="append", default=[], metavar="PAT", help="mongodb: as mongorestore --nsFrom")
+    s.add_argument("--ns-to", action="append", default=[], metavar="PAT", help="mongodb: as mongorestore --nsTo")
+    s.add_argument("--oplog-replay", action="store_true", help="mongodb: apply the captured oplog after the data")
+    s.add_argument("--mongorestore", action="store_true", help="mongodb: let mongorestore do the work (installed)")
 
     s = sub.add_parser("drill", help="restore the latest backup into a scratch target and compare")
     s.add_argument("jobs", nargs="*", metavar="JOB")

@@ -453,13 +453,35 @@ def redis_live_steps(uri: str, rdb: str) -> str:
 # ------------------------------------------------------------------ MongoDB
 
 
-def mongo_restore(path: Path, uri: str, *, drop: bool, password: str | None) -> dict[str, int]:
-    """Native restore (no mongorestore needed); it refuses non-empty collections unless `drop`."""
+@dataclass(frozen=True)
+class MongoOptions:
+    """mongorestore's --nsFrom/--nsTo pairs, --oplogReplay, and which tool does the work."""
+
+    ns_from: tuple[str, ...] = ()
+    ns_to: tuple[str, ...] = ()
+    oplog_replay: bool = False
+    tool: str = "native"  # or "mongorestore"
+
+
+def mongo_restore(
+    path: Path, uri: str, *, drop: bool, password: str | None, options: MongoOptions = MongoOptions()
+) -> dict[str, int]:
+    """Native restore (no mongorestore needed) unless asked for mongorestore; non-empty collections are
+    refused unless `drop`."""
     from backupd.mongo_native import restore_archive
 
     _, stream = open_decompressed(path)
     with stream:
-        return restore_archive(stream, uri, drop=drop, password=password)
+        return restore_archive(
+            stream,
+            uri,
+            drop=drop,
+            password=password,
+            ns_from=list(options.ns_from),
+            ns_to=list(options.ns_to),
+            oplog_replay=options.oplog_replay,
+            tool=options.tool,
+        )
 
 
 # ------------------------------------------------------------------ dispatch by job type
@@ -474,6 +496,7 @@ class RestoreRequest:
     password_file: str | None
     database: str | None
     yes: bool
+    mongo: MongoOptions = field(default_factory=MongoOptions)
 
 
 def _password(req: RestoreRequest) -> str | None:
@@ -500,6 +523,10 @@ def restore(
         raise UsageError("restore: a redis job needs --to DIR (or redis://host:port for the steps)")
     if kind == "wordpress" and not req.files_to:
         raise UsageError("restore: a wordpress job needs --files-to DIR as well as --to URI")
+    if kind != "mongodb" and req.mongo != MongoOptions():
+        raise UsageError("restore: --ns-from/--ns-to, --oplog-replay and --mongorestore are for mongodb jobs")
+    if len(req.mongo.ns_from) != len(req.mongo.ns_to):
+        raise UsageError("restore: give --ns-from and --ns-to in pairs (the same number of each)")
     mysql_target = parse_mysql_uri(req.to) if kind in ("mysql", "wordpress") and req.to else None
     backup = pick_backup(Store(config.store_root), req.job, req.backup_id)
 
@@ -536,6 +563,8 @@ def _restore_from(
     if kind == "mongodb":
         for art in artifacts(backup, "mongo-archive"):
             began = time.monotonic()
-            counts = mongo_restore(backup.path / art["file"], req.to or "", drop=req.yes, password=_password(req))
+            counts = mongo_restore(
+                backup.path / art["file"], req.to or "", drop=req.yes, password=_password(req), options=req.mongo
+            )
             done.append(Restored(art["file"], req.to or "", counts, time.monotonic() - began))
     return done

@@ -291,6 +291,15 @@ def test_mongo_drill_and_restore_into_second_server(mongo_factory: Callable[...,
     out = backupd(cfg, "restore", "mongo", "--to", other.uri)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
 
+    # --ns-from/--ns-to: the same backup beside the first restore, under another database name
+    out = backupd(cfg, "restore", "mongo", "--to", other.uri, "--ns-from", "shop.$c$", "--ns-to", "shop_copy.$c$")
+    assert out.returncode == 0, out.stderr
+    with other.client() as c:
+        assert c["shop_copy"]["orders"].count_documents({}) == 700 and c["shop_copy"]["users"].count_documents({}) == 45
+        assert c["shop"]["orders"].count_documents({}) == 700  # the first restore is untouched
+    out = backupd(cfg, "restore", "mongo", "--to", other.uri, "--ns-from", "shop.$c$")
+    assert out.returncode == 2 and "in pairs" in out.stderr, out.stderr
+
 
 LONG_DB = "analytics_" + "x" * 40  # drill_<id>_<this> is over MongoDB's 63 bytes: cut and hashed
 

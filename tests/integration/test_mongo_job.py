@@ -25,6 +25,7 @@ from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
 from backupd.cli import main as cli_main
+from backupd.compression import open_decompressed
 from backupd.errors import StepError
 from backupd.formats.mongo_archive import TERMINATOR, ArchiveWriter
 from backupd.mongo_native import restore_archive
@@ -386,3 +387,70 @@ def test_restore_of_a_broken_archive_is_one_clean_error(mongo_factory: Callable[
         restore_archive(io.BytesIO(_corrupt_crc(FOO)), dst.uri)
     with pytest.raises(StepError, match=r"step restore: archive: .*not a mongodump archive"):
         restore_archive(io.BytesIO(b"garbage!" * 4), dst.uri)
+
+
+# -- restore through mongorestore, with a stand-in executable ---------------------------------------
+
+RESTORE_STANDIN = r'''#!{python}
+"""Stand-in mongorestore: checks arguments and --config, keeps stdin, reports counts as mongorestore does."""
+import json, os, stat, sys
+args = sys.argv[1:]
+expect = json.loads({expect!r})
+def die(msg):
+    print("Failed: " + msg, file=sys.stderr)
+    sys.exit(3)
+if any(expect["password"] in a for a in args):
+    die("password in argv")
+conf = [a for a in args if a.startswith("--config=")]
+if len(conf) != 1 or stat.S_IMODE(os.stat(conf[0].split("=", 1)[1]).st_mode) != 0o600:
+    die("no 0600 --config")
+if open(conf[0].split("=", 1)[1]).read() != "password: " + json.dumps(expect["password"]) + "\n":
+    die("password not in config")
+rest = [a for a in args if not a.startswith("--config=")]
+if rest != expect["args"]:
+    die("unexpected args %r" % rest)
+data = sys.stdin.buffer.read()
+open(expect["received"], "wb").write(data)
+for ns, n in expect["counts"].items():
+    print("2024-01-01T00:00:00.000+0000\tfinished restoring %s (%d documents, 0 failures)" % (ns, n), file=sys.stderr)
+'''
+
+
+def test_restore_with_mongorestore_standin(
+    mongo_server: MongoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`backupd restore --mongorestore` pipes the decompressed archive into mongorestore, with the password
+    only in a 0600 --config file and the rename and replay flags passed through."""
+    counts = seed(mongo_server)
+    rc, job_dir = run_job(tmp_path, {"uri": mongo_server.uri, "engine": "native", "oplog": False})
+    assert rc == 0, capsys.readouterr().err
+    (backup,) = committed(job_dir)
+    art = json.loads((backup / "manifest.json").read_text())["artifacts"][0]
+    target = "mongodb://admin@127.0.0.1:1/?authSource=admin"
+    expect = {
+        "password": SECRET,
+        "received": str(tmp_path / "received.archive"),
+        "counts": {f"copy_{ns}": n for ns, n in counts.items()},
+        "args": [
+            "--archive", f"--uri={target}", "--drop", "--nsFrom=$db$.$c$", "--nsTo=copy_$db$.$c$", "--oplogReplay"
+        ],
+    }
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "mongorestore"
+    script.write_text(RESTORE_STANDIN.format(python=sys.executable, expect=json.dumps(expect)))
+    script.chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    pw = write_secret(tmp_path / "target.password", SECRET)
+    argv = ["--config", str(tmp_path / "etc" / "backupd.toml"), "restore", "mongo", "--to", target,
+            "--password-file", str(pw), "--yes", "--ns-from", "$db$.$c$", "--ns-to", "copy_$db$.$c$",
+            "--oplog-replay", "--mongorestore"]  # fmt: skip
+    capsys.readouterr()
+    rc = cli_main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    _, stream = open_decompressed(backup / art["file"])
+    with stream:
+        assert (tmp_path / "received.archive").read_bytes() == stream.read()
+    some_ns, n = next(iter(counts.items()))
+    assert f"{n} copy_{some_ns}" in out and SECRET not in out + err

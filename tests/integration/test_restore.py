@@ -279,3 +279,10 @@ def test_wordpress_restore_database_and_files(
     out = backupd(cfg, "restore", "wordpress", "--to", uri(db, "wp_other"), "--files-to", str(dest), env=env)
     assert out.returncode == 1 and str(dest) in out.stderr
     assert "wp_other" not in databases(db)
+
+
+def test_mongodb_options_on_another_job_type_are_a_usage_error(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "etc", {"site": {"type": "files", "source": str(tmp_path), "schedule": "@daily"}})
+    argv = [sys.executable, "-m", "backupd", "--config", str(cfg), "restore", "site", "--to", str(tmp_path / "t")]
+    out = subprocess.run([*argv, "--oplog-replay"], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2 and "are for mongodb jobs" in out.stderr and "Traceback" not in out.stderr
