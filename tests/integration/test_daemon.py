@@ -150,11 +150,14 @@ def backupd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_catchup_on_start_health_metrics_and_watchdog(tmp_path: Path, daemons: list[DaemonProc]) -> None:
+def test_catchup_on_start_health_metrics_and_watchdog(
+    tmp_path: Path, daemons: list[DaemonProc], sshd: SSHD
+) -> None:
     src = make_src(tmp_path)
+    over_ssh = {**local_job(src), "ssh": sshd.ssh_config()}  # the caught-up run pulls over the test sshd
     config = write_config(
         tmp_path / "cfg",
-        {"fresh": local_job(src), "yearly": local_job(src, "0 0 1 1 *")},
+        {"fresh": over_ssh, "yearly": local_job(src, "0 0 1 1 *")},
         settings=settings(catchup="once"),
     )
     # `yearly` already has a good backup after its latest fire time: no catch-up for it
