@@ -7,6 +7,7 @@ root's grants) -- ask a `*_factory` for instances of your own, which are stopped
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from backupd.scratch import SSHD, MariaDB, MongoServer, MotoS3, Redis, ScratchSe
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 S = TypeVar("S", bound=ScratchServer)
+T = TypeVar("T")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -132,3 +134,15 @@ def race() -> Race:
         return [r for r in (out.get(timeout=5) for _ in procs) if r != "ok"]
 
     return run
+
+
+def wait_for(pred: Callable[[], T], timeout: float = 60.0, what: str = "condition", interval: float = 0.05) -> T:
+    """Poll `pred` until it returns something truthy (which is returned); fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

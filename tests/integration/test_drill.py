@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from backupd.sandbox import WORDPRESS_SCHEMA, make_site, wordpress_data_sql, write_config, write_secret
 from backupd.scratch import SSHD, MariaDB, MongoServer, Redis
+from tests.conftest import wait_for
 
 
 def backupd(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -31,15 +31,6 @@ def backupd(config: Path, *args: str, env: dict[str, str] | None = None) -> subp
         env={**os.environ, **(env or {})},
         check=False,
     )
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def drills(cfg: Path) -> list[sqlite3.Row]:

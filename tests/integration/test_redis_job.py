@@ -27,6 +27,7 @@ from backupd.errors import StepError
 from backupd.sandbox import write_config, write_secret
 from backupd.scratch import SSHD, Redis, free_port
 from backupd.sources.redis import fresh_bgsave, health_problems
+from tests.conftest import wait_for
 
 PASSWORD = "s3cr#t 'pw\""  # quotes, space and '#' must survive the password_file path
 N = 500  # keys per type: 6 types -> 3000 keys
@@ -49,14 +50,6 @@ def fill(conn: redis_lib.Redis, n: int = N) -> None:
         if i % 200 == 199:
             pipe.execute()
     pipe.execute()
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_replica_caught_up(master: Redis, replica: Redis) -> None:

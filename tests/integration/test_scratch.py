@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from backupd.scratch import (
     free_port,
     require_binary,
 )
+from tests.conftest import wait_for
 
 MAX_START_SECONDS = 20.0  # a sanity bound on a shared 2-core machine; typical figures are printed
 
@@ -36,14 +36,6 @@ def _pid_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _report(server: ScratchServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,14 +175,14 @@ def test_redis_replication_auth_and_link_break(capsys: pytest.CaptureFixture[str
             redis_lib.Redis(host=master.host, port=master.port, password="wrong").ping()
 
         master.client().set("greeting", "hello")
-        _wait_for(lambda: replica.client().get("greeting") == b"hello", what="key on replica")
+        wait_for(lambda: replica.client().get("greeting") == b"hello", what="key on replica")
         assert replica.client().info("replication")["role"] == "slave"
 
         master_pid, master_dir = master.pid, master.dir
         assert master_pid is not None
         master.kill()
         assert _pid_gone(master_pid) and master_dir.is_dir()  # kill keeps the dir for inspection
-        _wait_for(
+        wait_for(
             lambda: replica.client().info("replication")["master_link_status"] == "down", what="link down"
         )
         master.start()  # same port and dir: the replica links again
@@ -272,7 +264,7 @@ def test_session_fixtures_work_together(
     assert mariadb.execute("SELECT 1") == [("1",)]
     assert sshd.running and moto_s3.running and mongo_server.running
     redis_master.client().set("fixture-key", "1")
-    _wait_for(lambda: redis_replica.client().get("fixture-key") == b"1", what="key on fixture replica")
+    wait_for(lambda: redis_replica.client().get("fixture-key") == b"1", what="key on fixture replica")
 
 
 def test_mariadb_restart_after_kill_keeps_data_with_long_base_dir(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import zstandard
 
 from backupd.sandbox import WORDPRESS_SCHEMA, make_site, wordpress_data_sql, write_config, write_secret
 from backupd.scratch import SSHD, MariaDB
+from tests.conftest import wait_for
 
 TABLES = ["wp_audit", "wp_blobs", "wp_empty", "wp_options", "wp_postmeta", "wp_posts", "wp_users"]
 
@@ -265,15 +265,6 @@ def test_truncated_dump_without_error_is_caught_by_the_trailer_check(site: Site,
     env = fake_dump(tmp_path, '/usr/bin/mariadb-dump "$@" | head -c 20000\nexit 0\n')
     out = backupd(cfg, "run", "wordpress", env=env)
     assert_clean_failure(cfg, out, [], "step verify", "Dump completed")
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def slow_env(tmp_path: Path) -> dict[str, str]:

@@ -7,7 +7,6 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import redis
 
 from backupd.formats.base import CheckResult
 from backupd.formats.rdb import CRC64_JONES, RdbChecker, describe, lzf_decompress, sniff
+from tests.conftest import wait_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "redis-rdb"
 
@@ -377,15 +377,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 @pytest.fixture
