@@ -146,3 +146,13 @@ def wait_for(pred: Callable[[], T], timeout: float = 60.0, what: str = "conditio
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`backupd ARGV` in this process: (exit code, stdout, stderr)."""
+    from backupd.cli import main
+
+    capsys.readouterr()
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err

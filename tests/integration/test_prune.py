@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from backupd.cli import main as cli
 from backupd.errors import BackupdError
 from backupd.runner import job_lock
 from backupd.sandbox import toml_text, write_config
 from backupd.scratch import Redis, free_port
 from backupd.store import Store, make_backup_id, reading
+from tests.conftest import run_cli
 
 
 def redis_job(replica: Redis | None) -> dict[str, Any]:
@@ -41,13 +41,6 @@ def setup(
     if tz:
         job["timezone"] = tz
     return write_config(tmp_path / "etc", {"site": job}, retention=retention)
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = cli(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def catalog_rows(tmp_path: Path) -> dict[str, sqlite3.Row]:

@@ -27,6 +27,7 @@ from backupd.errors import StepError
 from backupd.sandbox import write_config, write_secret
 from backupd.scratch import SSHD, Redis, free_port
 from backupd.sources.redis import fresh_bgsave, health_problems
+from tests.conftest import run_cli as run_cli_here
 from tests.conftest import wait_for
 
 PASSWORD = "s3cr#t 'pw\""  # quotes, space and '#' must survive the password_file path
@@ -385,11 +386,7 @@ def own_dirs(tmp_path: Path, secret: Path | None = None) -> dict[str, Path]:
 
 
 def _inprocess_run(cfg: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict[str, Any]], str]:
-    from backupd.cli import main as cli
-
-    capsys.readouterr()
-    rc = cli(["--config", str(cfg), "run", "r"])
-    out, err = capsys.readouterr()
+    rc, out, err = run_cli_here(capsys, "--config", str(cfg), "run", "r")
     return rc, [json.loads(x) for x in out.splitlines() if x.startswith("{")], err
 
 

@@ -22,13 +22,13 @@ import boto3
 import pytest
 
 from backupd.catalog import Catalog
-from backupd.cli import main as cli
 from backupd.config import load_config
 from backupd.logs import EventLog
 from backupd.s3 import MAX_PARTS, MIN_PART, part_size, ship
 from backupd.sandbox import write_config
 from backupd.scratch import MotoS3, Redis, free_port
 from backupd.store import Store
+from tests.conftest import run_cli
 
 PREFIX = "backupd/"
 
@@ -70,13 +70,6 @@ def setup(
     }
     job = {"type": "redis", "schedule": "@daily", "host": "127.0.0.1", "port": replica.port}
     return str(write_config(tmp_path / "etc", {"site": job}, settings=settings, retention=retention))
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = cli(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def run_ok(capsys: pytest.CaptureFixture[str], cfg: str) -> None:
