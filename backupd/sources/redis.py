@@ -284,11 +284,16 @@ class FileProbe:
 
     def _open(self) -> None:
         assert self.ssh is not None
-        cm: Any = None
+        cm: Any = connect(self.ssh)
         try:
-            cm = connect(self.ssh)
-            shell = RemoteShell(cm.__enter__())
+            conn = cm.__enter__()
         except BaseException as exc:  # handed to the caller's thread by _ready()
+            self._error = exc
+            return
+        try:
+            shell = RemoteShell(conn)
+        except BaseException as exc:  # connected, but no shell (e.g. a forced command): close, then report
+            cm.__exit__(None, None, None)
             self._error = exc
             return
         with self._lock:
