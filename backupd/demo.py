@@ -41,7 +41,7 @@ def say(text: str) -> None:
 
 
 def stage_wordpress(env: DemoEnv) -> None:
-    from backupd.sandbox import WORDPRESS_SCHEMA, make_site, wordpress_data_sql, write_secret
+    from backupd.sandbox import DUMP_GRANTS, make_site, seed_wordpress, write_secret
     from backupd.scratch import SSHD, MariaDB
 
     say("starting a sandbox MariaDB and OpenSSH server")
@@ -49,15 +49,8 @@ def stage_wordpress(env: DemoEnv) -> None:
     sshd = env.stack.enter_context(SSHD(env.base / "servers" / "sshd"))
     env.servers.update(mariadb=db, sshd=sshd)
     print(f"   mariadb on 127.0.0.1:{db.port}, sshd on 127.0.0.1:{sshd.port}")
-    db.execute("CREATE DATABASE wordpress")
-    db.execute(WORDPRESS_SCHEMA.replace(";\n", ";\n"), database="wordpress")
-    db.execute(wordpress_data_sql(posts=500), database="wordpress")
-    db.create_user(
-        "backup",
-        "demo-secret-" + db.root_password[:8],
-        grants="SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, PROCESS, RELOAD",
-        on="*.*",
-    )
+    password = "demo-secret-" + db.root_password[:8]
+    seed_wordpress(db, "wordpress", posts=500, user="backup", password=password, grants=DUMP_GRANTS + ", RELOAD")
     site = make_site(env.base / "web" / "wordpress", uploads=30)
     secrets = env.base / "secrets"
     secrets.mkdir(mode=0o700, exist_ok=True)

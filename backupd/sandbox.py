@@ -7,7 +7,12 @@ import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from backupd.scratch import MariaDB
+
+DUMP_GRANTS = "SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, PROCESS"  # what a consistent dump needs
 
 WORDPRESS_SCHEMA = """
 CREATE TABLE wp_users (
@@ -108,6 +113,16 @@ def wordpress_data_sql(posts: int = 200, seed: int = 7) -> str:
     blobs = [f"({i}, X'{os.urandom(64).hex()}')" for i in range(10)]
     out.append("INSERT INTO wp_blobs (id, data) VALUES " + ",".join(blobs) + ";")
     return "\n".join(out) + "\n"
+
+
+def seed_wordpress(
+    db: MariaDB, database: str, *, posts: int, user: str, password: str, grants: str = DUMP_GRANTS
+) -> None:
+    """A WordPress-shaped database with data, and a backup user holding the grants a dump needs."""
+    db.execute(f"CREATE DATABASE {database}")
+    db.execute(WORDPRESS_SCHEMA, database=database)
+    db.execute(wordpress_data_sql(posts=posts), database=database)
+    db.create_user(user, password, grants=grants)
 
 
 def make_site(root: Path, uploads: int = 20, seed: int = 7) -> Path:

@@ -7,6 +7,7 @@ root's grants) -- ask a `*_factory` for instances of your own, which are stopped
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from backupd.formats.base import CheckResult, FormatChecker
 from backupd.scratch import SSHD, MariaDB, MongoServer, MotoS3, Redis, ScratchServer
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
@@ -156,3 +158,21 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     rc = main(list(argv))
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def feed_in_chunks(checker: FormatChecker, data: bytes, chunk: int | None = None) -> CheckResult:
+    """Feed a format checker `data` whole, or in `chunk`-byte slices (boundaries anywhere), and finish it."""
+    step = chunk or max(len(data), 1)
+    for i in range(0, max(len(data), 1), step):
+        checker.feed(data[i : i + step])
+    return checker.finish()
+
+
+def catalog_backups(tmp_path: Path, job: str = "site") -> dict[str, sqlite3.Row]:
+    """The catalog's backups rows of `job` under `tmp_path/etc`, read by a client of the test's own."""
+    db = sqlite3.connect(tmp_path / "etc" / "state" / "catalog.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return {r["backup_id"]: r for r in db.execute("SELECT * FROM backups WHERE job=?", (job,))}
+    finally:
+        db.close()

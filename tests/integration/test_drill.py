@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from backupd.sandbox import WORDPRESS_SCHEMA, make_site, wordpress_data_sql, write_config, write_secret
+from backupd.sandbox import make_site, seed_wordpress, write_config, write_secret
 from backupd.scratch import SSHD, MariaDB, MongoServer, Redis
 from tests.conftest import wait_for
 
@@ -75,11 +75,8 @@ def mysql_cfg(mariadb: MariaDB, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A mysql job with one committed backup of a WordPress-shaped database."""
     base = tmp_path_factory.mktemp("drill")
     database = f"wpd_{secrets.token_hex(4)}"
-    mariadb.execute(f"CREATE DATABASE {database}")
-    mariadb.execute(WORDPRESS_SCHEMA, database=database)
-    mariadb.execute(wordpress_data_sql(posts=200), database=database)
     password = "dr'll#" + secrets.token_hex(6)
-    mariadb.create_user("drillbackup", password, grants="SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, PROCESS")
+    seed_wordpress(mariadb, database, posts=200, user="drillbackup", password=password)
     job = {
         "type": "mysql",
         "schedule": "@daily",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from backupd.runner import job_lock
 from backupd.sandbox import toml_text, write_config
 from backupd.scratch import Redis, free_port
 from backupd.store import Store, make_backup_id, reading
-from tests.conftest import run_cli
+from tests.conftest import catalog_backups, run_cli
 
 
 def redis_job(replica: Redis | None) -> dict[str, Any]:
@@ -41,15 +40,6 @@ def setup(
     if tz:
         job["timezone"] = tz
     return write_config(tmp_path / "etc", {"site": job}, retention=retention)
-
-
-def catalog_rows(tmp_path: Path) -> dict[str, sqlite3.Row]:
-    db = sqlite3.connect(tmp_path / "etc" / "state" / "catalog.sqlite")
-    db.row_factory = sqlite3.Row
-    try:
-        return {r["backup_id"]: r for r in db.execute("SELECT * FROM backups WHERE job='site'")}
-    finally:
-        db.close()
 
 
 def store_ids(tmp_path: Path) -> set[str]:
@@ -90,7 +80,7 @@ def test_run_prunes_after_each_successful_run(
         assert rc == 0, err
         ids.append(max(store_ids(tmp_path)))
     assert store_ids(tmp_path) == set(ids[-2:])
-    rows = catalog_rows(tmp_path)
+    rows = catalog_backups(tmp_path)
     for bid in ids[:2]:
         assert rows[bid]["deleted_at"] is not None
         assert rows[bid]["delete_reason"] == "not selected by policy"
@@ -170,7 +160,7 @@ def test_backup_being_read_by_a_restore_or_drill_is_kept_until_released(
         assert store_ids(tmp_path) == {ids[0], ids[1]}, out.stdout + out.stderr
         assert "being read by a restore or drill" in out.stdout + out.stderr
         assert (held.path / "manifest.json").is_file()
-    assert catalog_rows(tmp_path)[ids[1]]["deleted_at"] is None
+    assert catalog_backups(tmp_path)[ids[1]]["deleted_at"] is None
     assert run_cli(capsys, "--config", cfg, "prune", "site")[0] == 0
     assert store_ids(tmp_path) == {ids[0]}
     with pytest.raises(BackupdError, match="deleted"), reading(held):
@@ -216,7 +206,7 @@ def test_prune_killed_midway_leaves_store_and_catalog_agreeing(
     assert proc.returncode == -signal.SIGKILL, "prune finished before it could be killed: make the history bigger"
     present = store_ids(tmp_path)
     assert 5 < len(present) < 300  # killed half-way
-    rows = catalog_rows(tmp_path)
+    rows = catalog_backups(tmp_path)
     # the catalog never says deleted for a backup that still exists
     assert all(rows[b]["deleted_at"] is None for b in present)
     # what `list` shows is exactly the complete backups in the store; the good ones are intact
@@ -232,7 +222,7 @@ def test_prune_killed_midway_leaves_store_and_catalog_agreeing(
     rc, _, err = run_cli(capsys, "--config", str(cfg), "prune", "site")
     assert rc == 0, err
     assert store_ids(tmp_path) == keep
-    rows = catalog_rows(tmp_path)
+    rows = catalog_backups(tmp_path)
     assert {b for b, r in rows.items() if r["deleted_at"] is None} == keep
     for b in lagging:
         assert rows[b]["delete_reason"].startswith("missing from the store")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from backupd.sandbox import WORDPRESS_SCHEMA, make_site, wordpress_data_sql, write_config, write_secret
+from backupd.sandbox import make_site, seed_wordpress, write_config, write_secret
 from backupd.scratch import SSHD, MariaDB
 
 TABLES = ["wp_audit", "wp_blobs", "wp_empty", "wp_options", "wp_postmeta", "wp_posts", "wp_users"]
@@ -82,11 +82,8 @@ class Source:
 def source(mariadb: MariaDB, sshd: SSHD, tmp_path_factory: pytest.TempPathFactory) -> Source:
     base = tmp_path_factory.mktemp("restore")
     database = f"wpr_{secrets.token_hex(4)}"
-    mariadb.execute(f"CREATE DATABASE {database}")
-    mariadb.execute(WORDPRESS_SCHEMA, database=database)
-    mariadb.execute(wordpress_data_sql(posts=300), database=database)
     password = "r#st'o\"re " + secrets.token_hex(6)
-    mariadb.create_user("rstbackup", password, grants="SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, PROCESS")
+    seed_wordpress(mariadb, database, posts=300, user="rstbackup", password=password)
     pw = write_secret(base / "db.password", password)
     return Source(base, mariadb, sshd, database, make_site(base / "www", uploads=8), pw)
 

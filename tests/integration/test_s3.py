@@ -10,7 +10,6 @@ import hashlib
 import http.client
 import json
 import os
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from backupd.s3 import MAX_PARTS, MIN_PART, part_size, ship
 from backupd.sandbox import write_config
 from backupd.scratch import MotoS3, Redis, free_port
 from backupd.store import Store
-from tests.conftest import run_cli
+from tests.conftest import catalog_backups, run_cli
 
 PREFIX = "backupd/"
 
@@ -85,15 +84,6 @@ def verify_s3(capsys: pytest.CaptureFixture[str], cfg: str) -> tuple[int, str, l
     return rc, out, [x for x in err.splitlines() if x.startswith("backupd: verify --s3")]
 
 
-def rows(tmp_path: Path) -> dict[str, sqlite3.Row]:
-    db = sqlite3.connect(tmp_path / "etc" / "state" / "catalog.sqlite")
-    db.row_factory = sqlite3.Row
-    try:
-        return {r["backup_id"]: r for r in db.execute("SELECT * FROM backups WHERE job='site'")}
-    finally:
-        db.close()
-
-
 def local_backups(tmp_path: Path) -> list[Any]:
     return Store(tmp_path / "etc" / "store").backups("site")
 
@@ -120,7 +110,7 @@ def test_run_copies_and_checks(
         assert rc == 0, err
     client = s3_env.client()  # independent of backupd's code
     for b in local_backups(tmp_path):
-        assert rows(tmp_path)[b.backup_id]["s3_state"] == "copied"
+        assert catalog_backups(tmp_path)[b.backup_id]["s3_state"] == "copied"
         for a in b.manifest["artifacts"]:
             key = f"{PREFIX}site/{b.backup_id}/{a['file']}"
             head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
@@ -181,10 +171,10 @@ def test_object_altered_in_bucket_is_caught_and_reshipped(
     rc, _, errs = verify_s3(capsys, cfg)
     assert rc == 1
     assert len(errs) == 1 and key in errs[0] and "checksum" in errs[0]
-    assert rows(tmp_path)[b.backup_id]["s3_state"] == "failed"
+    assert catalog_backups(tmp_path)[b.backup_id]["s3_state"] == "failed"
     # the next run of the job ships the failed copy again (older ones first), then its own
     run_ok(capsys, cfg)
-    assert {r["s3_state"] for r in rows(tmp_path).values()} == {"copied"}
+    assert {r["s3_state"] for r in catalog_backups(tmp_path).values()} == {"copied"}
     fixed = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(fixed).hexdigest() == a["sha256"]
     assert verify_s3(capsys, cfg)[2] == []
@@ -208,7 +198,7 @@ def test_s3_down_keeps_backups_local_and_retries(
         assert rc == 0, err  # the local backup is committed all the same
         assert "s3" in out and "Could not connect" in out
     assert len(local_backups(tmp_path)) == 2  # keep_last 1, but neither is in S3 yet
-    state = sorted(rows(tmp_path).values(), key=lambda r: r["backup_id"])
+    state = sorted(catalog_backups(tmp_path).values(), key=lambda r: r["backup_id"])
     # the retry of the older copy failed first; the new one was not tried against a dead endpoint
     assert [r["s3_state"] for r in state] == ["failed", "pending"]
     assert "Could not connect" in state[0]["s3_error"]
@@ -305,7 +295,7 @@ def test_transient_500s_are_retried(
         proxy.close()
     assert proxy.served_500 == 2 and proxy.forwarded > 0
     b = local_backups(tmp_path)[0]
-    assert rows(tmp_path)[b.backup_id]["s3_state"] == "copied"
+    assert catalog_backups(tmp_path)[b.backup_id]["s3_state"] == "copied"
     assert remote_ids(s3_env, bucket) == {b.backup_id}
 
 
@@ -333,7 +323,7 @@ def test_wrong_credentials_fail_in_one_line(
     cfg = setup(tmp_path, redis_replica, server.endpoint_url, bucket)
     rc, _, err = run_cli(capsys, "--config", cfg, "run", "site")
     assert rc == 0, err
-    (row,) = rows(tmp_path).values()
+    (row,) = catalog_backups(tmp_path).values()
     assert row["s3_state"] == "failed" and "InvalidAccessKeyId" in row["s3_error"]
     rc, _, errs = verify_s3(capsys, cfg)
     assert rc == 1 and len(errs) == 1 and "InvalidAccessKeyId" in errs[0]
@@ -350,7 +340,7 @@ def test_missing_bucket(
     cfg = setup(tmp_path, redis_replica, s3_env.endpoint_url, "no-such-bucket-here")
     rc, _, err = run_cli(capsys, "--config", cfg, "run", "site")
     assert rc == 0, err
-    (row,) = rows(tmp_path).values()
+    (row,) = catalog_backups(tmp_path).values()
     assert row["s3_state"] == "failed" and "NoSuchBucket" in row["s3_error"]
     rc, _, errs = verify_s3(capsys, cfg)
     assert rc == 1 and len(errs) == 1 and "NoSuchBucket" in errs[0]
@@ -378,7 +368,7 @@ def test_s3_retention_applies_to_the_bucket_listing(
     assert len(ids) == 3  # local policy keeps 10
     assert remote_ids(s3_env, bucket) == set(ids[-2:])
     assert "20200102T000000Z" in remote_ids(s3_env, bucket, complete=False)
-    state = rows(tmp_path)
+    state = catalog_backups(tmp_path)
     assert state[ids[0]]["s3_state"] == "pruned"
     _rc, out, _ = run_cli(capsys, "--config", cfg, "prune", "--dry-run", "--json")
     s3_rows = {r["backup_id"]: r for r in json.loads(out) if r["where"] == "s3"}
@@ -401,7 +391,7 @@ def test_catalog_rebuild_from_s3_after_losing_the_machine(
     rc, out, err = run_cli(capsys, "--config", cfg, "catalog", "rebuild", "--from-s3")
     assert rc == 0, err
     assert "0 backups from" in out and "2 from s3://" in out
-    state = rows(tmp_path)
+    state = catalog_backups(tmp_path)
     assert set(state) == ids
     assert all(r["s3_state"] == "copied" and r["path"].startswith("s3://") for r in state.values())
     rc, out, errs = verify_s3(capsys, cfg)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from backupd.sandbox import WORDPRESS_SCHEMA, make_site, wordpress_data_sql, write_config, write_secret
+from backupd.sandbox import make_site, seed_wordpress, write_config, write_secret
 from backupd.scratch import SSHD, MariaDB
 from tests.conftest import wait_for
 
@@ -65,11 +65,8 @@ class Site:
 def site(mariadb: MariaDB, sshd: SSHD, tmp_path_factory: pytest.TempPathFactory) -> Site:
     base = tmp_path_factory.mktemp("wp")
     database = f"wp_{secrets.token_hex(4)}"
-    mariadb.execute(f"CREATE DATABASE {database}")
-    mariadb.execute(WORDPRESS_SCHEMA, database=database)
-    mariadb.execute(wordpress_data_sql(posts=300), database=database)
     password = "p#ss'w\"rd " + secrets.token_hex(6)
-    mariadb.create_user("wpbackup", password, grants="SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, PROCESS")
+    seed_wordpress(mariadb, database, posts=300, user="wpbackup", password=password)
     pw = write_secret(base / "db.password", password)
     tree = make_site(base / "www", uploads=12)
     return Site(base, mariadb, sshd, database, tree, pw, password)

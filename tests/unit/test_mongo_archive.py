@@ -35,6 +35,7 @@ from backupd.formats.mongo_archive import (
     open_archive,
     sniff,
 )
+from tests.conftest import feed_in_chunks
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "mongo-archive"
 
@@ -44,11 +45,7 @@ def fixture(name: str) -> bytes:
 
 
 def check(data: bytes, chunk: int | None = None) -> CheckResult:
-    checker = MongoArchiveChecker()
-    step = chunk or max(len(data), 1)
-    for i in range(0, len(data), step):
-        checker.feed(data[i : i + step])
-    return checker.finish()
+    return feed_in_chunks(MongoArchiveChecker(), data, chunk)
 
 
 def items(data: bytes) -> Iterator[tuple[int, int]]:

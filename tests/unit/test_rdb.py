@@ -15,17 +15,13 @@ import redis
 
 from backupd.formats.base import CheckResult
 from backupd.formats.rdb import CRC64_JONES, RdbChecker, describe, lzf_decompress, sniff
-from tests.conftest import wait_for
+from tests.conftest import feed_in_chunks, wait_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "redis-rdb"
 
 
 def check(data: bytes, chunk: int | None = None) -> CheckResult:
-    checker = RdbChecker()
-    step = chunk or max(len(data), 1)
-    for i in range(0, len(data), step):
-        checker.feed(data[i : i + step])
-    return checker.finish()
+    return feed_in_chunks(RdbChecker(), data, chunk)
 
 
 def crc64_reference(data: bytes) -> int:

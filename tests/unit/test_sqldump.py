@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from backupd.formats.base import CheckResult
 from backupd.formats.sqldump import SqlDumpChecker, describe, sniff
+from tests.conftest import feed_in_chunks
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sqldump"
 COUNTS: dict[str, Any] = json.loads((FIXTURES / "counts.json").read_text())
@@ -36,13 +37,7 @@ MAKE = load_make_fixtures()
 
 
 def check(data: bytes, chunk: int | None = None) -> CheckResult:
-    checker = SqlDumpChecker()
-    if chunk is None:
-        checker.feed(data)
-    else:
-        for i in range(0, len(data), chunk):
-            checker.feed(data[i : i + chunk])
-    return checker.finish()
+    return feed_in_chunks(SqlDumpChecker(), data, chunk)
 
 
 def fixture(name: str) -> bytes:

@@ -14,6 +14,7 @@ import pytest
 
 from backupd.formats.base import CheckResult
 from backupd.formats.tarball import TarChecker, describe, sniff, tree_digest
+from tests.conftest import feed_in_chunks
 
 TAR = shutil.which("tar")
 needs_tar = pytest.mark.skipif(TAR is None, reason="GNU tar is not installed")
@@ -22,13 +23,7 @@ LONG_DIR = "wp-content/plugins/" + "/".join(["a-rather-long-plugin-directory-nam
 
 
 def check(data: bytes, chunk: int | None = None) -> CheckResult:
-    checker = TarChecker()
-    if chunk is None:
-        checker.feed(data)
-    else:
-        for i in range(0, len(data), chunk):
-            checker.feed(data[i : i + chunk])
-    return checker.finish()
+    return feed_in_chunks(TarChecker(), data, chunk)
 
 
 def digest_of(stats: dict[str, object]) -> dict[str, object]:
