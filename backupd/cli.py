@@ -82,8 +82,8 @@ def events_for(config: Any, quiet: bool = False) -> Any:
 
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
+    from backupd.actions.run import run_job
     from backupd.errors import LockedError
-    from backupd.runner import run_job
 
     config = load(args)
     if args.all:
@@ -121,13 +121,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _catalog(config: Any) -> Any:
-    from backupd.catalog import Catalog
+    from backupd.store.catalog import Catalog
 
     return Catalog(config.state_dir)
 
 
 def _backup_rows(config: Any, job: str | None) -> list[dict[str, Any]]:
-    from backupd.store import Store
+    from backupd.store.backups import Store
 
     store = Store(config.store_root)
     catalog = _catalog(config)
@@ -187,7 +187,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _find_backup(config: Any, backup_id: str) -> Any:
-    from backupd.store import Store
+    from backupd.store.backups import Store
 
     b = Store(config.store_root).find(backup_id)
     if b is None:
@@ -240,8 +240,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
-    from backupd.store import Store, is_backup_id, reading
-    from backupd.verify import verify_backup
+    from backupd.store.backups import Store, is_backup_id, reading
+    from backupd.store.verify import verify_backup
 
     config = load(args)
     store = Store(config.store_root)
@@ -294,7 +294,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify_s3(config: Any, jobs: list[str], as_json: bool) -> int:
     """`verify --s3`: re-check every copy in the bucket, re-ship pending/failed ones; exit 1 if any is bad."""
-    from backupd.s3 import verify_copies
+    from backupd.store.s3 import verify_copies
 
     if not config.settings.s3.enabled:
         raise UsageError("verify --s3: s3 is not enabled in the configuration ([s3] enabled = true)")
@@ -323,7 +323,7 @@ def _verify_s3(config: Any, jobs: list[str], as_json: bool) -> int:
 
 @command("prune")
 def cmd_prune(args: argparse.Namespace) -> int:
-    from backupd.prune import prune_jobs
+    from backupd.store.prune import prune_jobs
 
     config = load(args)
     jobs = [args.job] if args.job else sorted(config.jobs)
@@ -350,7 +350,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
     from backupd.formats.registry import describe
-    from backupd.verify import check_stream_file
+    from backupd.store.verify import check_stream_file
 
     path = Path(args.file)
     if not path.is_file():
@@ -401,7 +401,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if rows:
         print_table(["JOB", "TYPE", "SCHEDULE", "TIMEZONE", "NEXT RUN"], rows)
     if args.connect:
-        from backupd.checks import check_job
+        from backupd.actions.check import check_job
 
         failed = 0
         for name in sorted(config.jobs):
@@ -417,13 +417,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 @command("catalog")
 def cmd_catalog(args: argparse.Namespace) -> int:
-    from backupd.store import Store
+    from backupd.store.backups import Store
 
     config = load(args)
     if args.catalog_cmd != "rebuild":
         raise UsageError("catalog: use 'catalog rebuild'")
     if getattr(args, "from_s3", False):
-        from backupd.s3 import rebuild_from_s3
+        from backupd.store.s3 import rebuild_from_s3
 
         if not config.settings.s3.enabled:
             raise UsageError("catalog rebuild --from-s3: s3 is not enabled in the configuration")
@@ -449,9 +449,9 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    from backupd.demo import run_demo
+    from backupd.lab.demo import run_demo
 
-    return run_demo(Path(args.dir) if args.dir else None, keep=args.keep)
+    return run_demo(main, Path(args.dir) if args.dir else None, keep=args.keep)
 
 
 # ------------------------------------------------------------------ next / status / daemon / systemd-units
@@ -461,7 +461,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_next(args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfo
 
-    from backupd.daemon import upcoming
+    from backupd.daemon.scheduler import upcoming
     from backupd.schedule import format_local_and_utc
 
     config = load(args)
@@ -494,7 +494,7 @@ def _when(value: str | None) -> str:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    from backupd.status import all_status
+    from backupd.daemon.status import all_status
 
     config = load(args)
     jobs = [s.to_json() for s in all_status(config)]
@@ -529,14 +529,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @command("daemon")
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from backupd.daemon import run_daemon
+    from backupd.daemon.scheduler import run_daemon
 
     return run_daemon(load(args))
 
 
 @command("systemd-units")
 def cmd_systemd_units(args: argparse.Namespace) -> int:
-    from backupd.systemd_units import timer_names, write_units
+    from backupd.daemon.systemd_units import timer_names, write_units
 
     config = load(args)
     out = Path(args.output) if args.output else Path("/etc/systemd/system")
@@ -553,17 +553,15 @@ def cmd_systemd_units(args: argparse.Namespace) -> int:
 
 @command("restore")
 def cmd_restore(args: argparse.Namespace) -> int:
+    from backupd.actions.restore import restore
+    from backupd.engine.signals import terminate_on_signals
     from backupd.logs import ByteProgress
-    from backupd.restore import MongoOptions, RestoreRequest, restore
-    from backupd.runner import terminate_on_signals
+    from backupd.sources import restore_options
+    from backupd.sources.base import RestoreRequest
 
     config = load(args)
-    mongo = MongoOptions(
-        tuple(args.ns_from), tuple(args.ns_to), args.oplog_replay, "mongorestore" if args.mongorestore else "native"
-    )
-    req = RestoreRequest(
-        args.job, args.backup, args.to, args.files_to, args.password_file, args.database, args.yes, mongo
-    )
+    options = {o.dest: getattr(args, o.dest) for o in restore_options() if getattr(args, o.dest) != o.default}
+    req = RestoreRequest(args.job, args.backup, args.to, args.yes, options)
     began = datetime.now(UTC)
     with terminate_on_signals(), ByteProgress(sys.stdout.isatty()) as progress:
         task = progress.task(f"restore {args.job}")
@@ -583,8 +581,8 @@ def _cell(value: object, width: int = 40) -> str:
 
 @command("drill")
 def cmd_drill(args: argparse.Namespace) -> int:
-    from backupd.drill import drill_jobs
-    from backupd.runner import terminate_on_signals
+    from backupd.actions.drill import drill_jobs
+    from backupd.engine.signals import terminate_on_signals
 
     config = load(args)
     names = list(args.jobs) or sorted(n for n, j in config.jobs.items() if j.enabled)
@@ -618,6 +616,8 @@ def not_implemented(what: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backupd.sources import restore_options
+
     p = argparse.ArgumentParser(
         prog="backupd", description="Backups that are verified, pruned safely and drilled."
     )
@@ -659,14 +659,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job")
     s.add_argument("--backup", metavar="ID")
     s.add_argument("--to", metavar="TARGET")
-    s.add_argument("--files-to", metavar="DIR")
     s.add_argument("--yes", action="store_true", help="allow writing into a non-empty target")
-    s.add_argument("--password-file", metavar="FILE", help="target password (default: $BACKUPD_RESTORE_PASSWORD_FILE)")
-    s.add_argument("--database", metavar="NAME", help="restore only this database of a multi-database backup")
-    s.add_argument("--ns-from", action="append", default=[], metavar="PAT", help="mongodb: as mongorestore --nsFrom")
-    s.add_argument("--ns-to", action="append", default=[], metavar="PAT", help="mongodb: as mongorestore --nsTo")
-    s.add_argument("--oplog-replay", action="store_true", help="mongodb: apply the captured oplog after the data")
-    s.add_argument("--mongorestore", action="store_true", help="mongodb: let mongorestore do the work (installed)")
+    for opt in restore_options():  # each source declares the options its restore takes
+        extra: dict[str, Any] = {"metavar": opt.metavar} if opt.action != "store_true" else {}
+        s.add_argument(opt.flag, dest=opt.dest, action=opt.action, default=opt.default, help=opt.help, **extra)
 
     s = sub.add_parser("drill", help="restore the latest backup into a scratch target and compare")
     s.add_argument("jobs", nargs="*", metavar="JOB")
@@ -730,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_FAILED
     except BaseException as exc:
-        from backupd.runner import Terminated
+        from backupd.engine.signals import Terminated
 
         if isinstance(exc, Terminated):
             print(f"backupd: {args.command}: {exc}; nothing was committed", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Load, merge and validate the configuration into typed objects (DESIGN.md 3).
+"""Load, merge and validate the configuration files into the typed `Config` (docs/configuration.md).
 
 Everything is checked at load time, so a typo never silently disables a backup: unknown keys, wrong types,
 bad cron expressions, missing secret/key files all become one ConfigError naming the file and the key.
@@ -6,323 +6,27 @@ bad cron expressions, missing secret/key files all become one ConfigError naming
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from backupd.errors import ConfigError, UsageError
+from backupd.errors import ConfigError
+from backupd.schedule import Schedule
+from backupd.settings import Config, GlobalCfg, JobBase, RetentionCfg, StateCfg, StorageCfg
+from backupd.sources import job_models, source_types
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: object) -> int:
-    """Seconds from an int or a string like "90s", "15m", "6h", "2d"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 30m, 6h or a number of seconds")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            return int(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError(f"expected a duration like 30m, 6h or a number of seconds, got {value!r}")
-
-
-Duration = Annotated[int, BeforeValidator(parse_duration)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------- global config
-
-
-class StorageCfg(Strict):
-    root: Path
-
-
-class StateCfg(Strict):
-    dir: Path
-
-
-class SchedulerCfg(Strict):
-    timezone: str = "UTC"
-    max_concurrent_jobs: int = Field(default=2, ge=1, le=64)
-    catchup: Literal["once", "none"] = "once"
-    jitter: Duration = 0
-
-
-class CompressionCfg(Strict):
-    algorithm: Literal["zstd", "gzip", "none"] = "zstd"
-    level: int = Field(default=3, ge=-7, le=22)
-
-    @model_validator(mode="after")
-    def _level_fits(self) -> CompressionCfg:
-        if self.algorithm == "gzip" and not 1 <= self.level <= 9:
-            raise ValueError("gzip level must be 1..9")
-        return self
-
-
-class S3Cfg(Strict):
-    enabled: bool = False
-    bucket: str | None = None
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    storage_class: str = "STANDARD"
-    sse: Literal["AES256", "aws:kms"] | None = None
-    kms_key_id: str | None = None
-    profile: str | None = None
-    # Transfers: botocore retries each request (standard mode, exponential backoff) up to max_attempts.
-    max_attempts: int = Field(default=6, ge=1, le=20)
-    connect_timeout: Duration = 10
-    read_timeout: Duration = 120
-    max_concurrency: int = Field(default=8, ge=1, le=64)
-
-    @model_validator(mode="after")
-    def _complete(self) -> S3Cfg:
-        if self.enabled and not self.bucket:
-            raise ValueError("bucket is required when enabled = true")
-        if self.sse == "aws:kms" and not self.kms_key_id:
-            raise ValueError("kms_key_id is required when sse = 'aws:kms'")
-        return self
-
-
-class HttpCfg(Strict):
-    listen: str = "127.0.0.1:9187"
-
-    @model_validator(mode="after")
-    def _host_port(self) -> HttpCfg:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"listen must be HOST:PORT, got {self.listen!r}")
-        return self
-
-
-class NotifyCfg(Strict):
-    webhook_url: str | None = None
-    command: list[str] | None = None
-    on: list[Literal["failure", "success", "overdue", "drill_failure"]] = ["failure"]
-
-
-class LoggingCfg(Strict):
-    format: Literal["auto", "json", "console"] = "auto"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class GlobalCfg(Strict):
-    storage: StorageCfg
-    state: StateCfg
-    scheduler: SchedulerCfg = SchedulerCfg()
-    compression: CompressionCfg = CompressionCfg()
-    s3: S3Cfg = S3Cfg()
-    http: HttpCfg = HttpCfg()
-    notify: NotifyCfg = NotifyCfg()
-    logging: LoggingCfg = LoggingCfg()
-    jobs_dir: Path = Path("jobs")
-    retention_file: Path = Path("retention.toml")
-
-
-# ---------------------------------------------------------------- jobs
-
-
-class SSHCfg(Strict):
-    host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    user: str = "root"
-    key_file: Path | None = None
-    known_hosts: Path | None = None
-    # rsync copies over this link (files, Redis) at most this fast: rsync's --bwlimit, KiB/s or "50M"
-    bwlimit: str | None = None
-
-    @field_validator("bwlimit", mode="before")
-    @classmethod
-    def _rate(cls, v: object) -> object:
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return str(v)  # KiB/s, as rsync reads a bare number
-        if isinstance(v, str) and re.fullmatch(r"[1-9][0-9]*(\.[0-9]+)?[KMGkmg]?", v):
-            return v
-        if v is None:
-            return v
-        raise ValueError('must be a positive number of KiB/s or a rate like "50M"')
-
-    @property
-    def target(self) -> str:
-        return f"{self.user}@{self.host}"
-
-    @property
-    def label(self) -> str:
-        return self.host if self.port == 22 else f"{self.host}:{self.port}"
-
-
-class DrillCfg(Strict):
-    target: str | None = None
-
-
-class JobBase(Strict):
-    schedule: str
-    timezone: str | None = None
-    enabled: bool = True
-    timeout: Duration = 6 * 3600
-    drill_schedule: str | None = None
-    drill: DrillCfg = DrillCfg()
-    compression: CompressionCfg | None = None  # replaces [compression] for this job (e.g. level 1 for RDBs)
-
-
-class MySQLPart(Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(default=3306, ge=1, le=65535)
-    user: str = "root"
-    password_file: Path | None = None
-    databases: list[str] = []
-    via_ssh: bool = False
-
-
-class MySQLJob(JobBase, MySQLPart):
-    type: Literal["mysql"]
-    ssh: SSHCfg | None = None
-
-    @model_validator(mode="after")
-    def _ssh_when_needed(self) -> MySQLJob:
-        if self.via_ssh and self.ssh is None:
-            raise ValueError("via_ssh = true needs an [ssh] table")
-        return self
-
-
-class FilesPart(Strict):
-    source: str
-    exclude: list[str] = []
-
-
-class FilesJob(JobBase, FilesPart):
-    type: Literal["files"]
-    ssh: SSHCfg | None = None
-
-
-class WordPressJob(JobBase):
-    type: Literal["wordpress"]
-    mysql: MySQLPart
-    files: FilesPart
-    ssh: SSHCfg
-
-    @model_validator(mode="after")
-    def _one_database(self) -> WordPressJob:
-        if not self.mysql.databases:
-            raise ValueError("mysql.databases must name the WordPress database")
-        return self
-
-
-class RedisJob(JobBase):
-    type: Literal["redis"]
-    host: str = "127.0.0.1"
-    port: int = Field(default=6379, ge=1, le=65535)
-    password_file: Path | None = None
-    require_replica: bool = True
-    bgsave: bool = True
-    bgsave_timeout: Duration = 3600
-    max_age: Duration = 3600
-    rdb_path: str | None = None
-    ssh: SSHCfg | None = None
-
-
-class MongoJob(JobBase):
-    type: Literal["mongodb"]
-    uri: str
-    password_file: Path | None = None
-    read_preference: Literal["primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"] = (
-        "secondary"
-    )
-    oplog: bool | None = None
-    engine: Literal["auto", "mongodump", "native"] = "auto"
-    include: list[str] = []
-    exclude: list[str] = []
-
-    @model_validator(mode="after")
-    def _no_password_in_uri(self) -> MongoJob:
-        if re.match(r"^mongodb(\+srv)?://[^/@]*:[^/@]*@", self.uri):
-            raise ValueError("uri must not contain a password: use password_file")
-        return self
-
-
-Job = MySQLJob | FilesJob | WordPressJob | RedisJob | MongoJob
-
-
-class _JobFile(Strict):
-    job: Annotated[Job, Field(discriminator="type")]
-
-
-# ---------------------------------------------------------------- retention
-
-
-class KeepCfg(Strict):
-    keep_last: int = Field(default=0, ge=0)
-    keep_hourly: int = Field(default=0, ge=0)
-    keep_daily: int = Field(default=0, ge=0)
-    keep_weekly: int = Field(default=0, ge=0)
-    keep_monthly: int = Field(default=0, ge=0)
-    keep_yearly: int = Field(default=0, ge=0)
-
-
-class S3RetentionCfg(Strict):
-    default: KeepCfg = KeepCfg()
-    jobs: dict[str, KeepCfg] = {}
-
-
-class RetentionCfg(Strict):
-    default: KeepCfg = KeepCfg()
-    jobs: dict[str, KeepCfg] = {}
-    s3: S3RetentionCfg = S3RetentionCfg()
-
-    def local_for(self, job: str) -> KeepCfg:
-        return self.jobs.get(job, self.default)
-
-    def s3_for(self, job: str) -> KeepCfg:
-        return self.s3.jobs.get(job, self.s3.default)
 
 
 # ---------------------------------------------------------------- loading
-
-
-@dataclass
-class Config:
-    path: Path
-    settings: GlobalCfg
-    jobs: dict[str, Job]
-    job_files: dict[str, Path]
-    retention: RetentionCfg
-    retention_path: Path | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def job(self, name: str) -> Job:
-        try:
-            return self.jobs[name]
-        except KeyError:
-            known = ", ".join(sorted(self.jobs)) or "none"
-            raise UsageError(f"unknown job {name!r} (configured jobs: {known})") from None
-
-    def job_timezone(self, name: str) -> str:
-        return self.jobs[name].timezone or self.settings.scheduler.timezone
-
-    @property
-    def store_root(self) -> Path:
-        return self.settings.storage.root
-
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.state.dir
 
 
 def resolve_config_path(explicit: str | None) -> Path:
@@ -377,11 +81,20 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, None, f"invalid TOML: {exc}") from None
 
 
-def _validation_error(path: Path, exc: ValidationError, strip: int = 0) -> ConfigError:
+@functools.cache
+def job_adapter() -> TypeAdapter[JobBase]:
+    """The union of every source's job model, told apart by `type`: the registry is the only list."""
+    models = job_models()
+    union: Any = models[0] if len(models) == 1 else Union[models]  # noqa: UP007 (built at run time)
+    adapter: TypeAdapter[JobBase] = TypeAdapter(Annotated[union, Field(discriminator="type")])
+    return adapter
+
+
+def _validation_error(path: Path, exc: ValidationError, tagged: bool = False) -> ConfigError:
     err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]][strip:]
-    # discriminated unions put the tag in the location ("job.mysql.port"): drop it
-    if len(loc) >= 1 and loc[0] in {"mysql", "files", "wordpress", "redis", "mongodb"} and strip:
+    loc = [str(p) for p in err["loc"]]
+    # a job's discriminated union puts the tag in the location ("mysql.port"): drop it
+    if tagged and len(loc) >= 1 and loc[0] in source_types():
         loc = loc[1:]
     key = ".".join(loc) or None
     msg = err["msg"]
@@ -390,7 +103,7 @@ def _validation_error(path: Path, exc: ValidationError, strip: int = 0) -> Confi
     elif err["type"] == "missing":
         msg = "required key is missing"
     elif err["type"] == "union_tag_invalid":
-        msg = "type must be one of mongodb, redis, mysql, files, wordpress"
+        msg = f"type must be one of {', '.join(source_types())}"
         key = "type"
     elif err["type"] == "union_tag_not_found":
         msg = "required key is missing"
@@ -415,64 +128,44 @@ def _check_readable(file: Path, key: str, p: Path) -> None:
         raise ConfigError(file, key, f"file {p} is not readable")
 
 
-def _resolve_job_paths(job: Job, base: Path, file: Path) -> Job:
-    """Make relative paths absolute (relative to the job file) and check that secret/key files exist."""
+def _resolve_paths(model: BaseModel, base: Path, file: Path, prefix: str = "") -> BaseModel:
+    """Make every file key (`*_file`, `known_hosts`) of a job absolute (relative to the job file) and check it
+    is readable, in nested tables too: the walk is by field name, so a new source's keys need nothing here."""
     updates: dict[str, Any] = {}
-
-    def fix_ssh(ssh: SSHCfg | None, prefix: str) -> SSHCfg | None:
-        if ssh is None:
-            return None
-        upd: dict[str, Any] = {}
-        for attr in ("key_file", "known_hosts"):
-            value = getattr(ssh, attr)
-            if value is not None:
-                p = _rel(base, value)
-                _check_readable(file, f"{prefix}{attr}", p)
-                upd[attr] = p
-        return ssh.model_copy(update=upd)
-
-    if getattr(job, "password_file", None) is not None:
-        p = _rel(base, job.password_file)  # type: ignore[union-attr,arg-type]
-        _check_readable(file, "password_file", p)
-        updates["password_file"] = p
-    if hasattr(job, "ssh"):
-        updates["ssh"] = fix_ssh(job.ssh, "ssh.")
-    if isinstance(job, WordPressJob) and job.mysql.password_file is not None:
-        p = _rel(base, job.mysql.password_file)
-        _check_readable(file, "mysql.password_file", p)
-        updates["mysql"] = job.mysql.model_copy(update={"password_file": p})
-    return job.model_copy(update=updates)
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, Path) and (name.endswith("_file") or name == "known_hosts"):
+            p = _rel(base, value)
+            _check_readable(file, key, p)
+            updates[name] = p
+        elif isinstance(value, BaseModel):
+            updates[name] = _resolve_paths(value, base, file, f"{key}.")
+    return model.model_copy(update=updates) if updates else model
 
 
 def _check_schedule(file: Path, key: str, expr: str, tz: str) -> None:
-    from backupd.schedule import Schedule
-
     try:
         Schedule.parse(expr, tz)
     except ValueError as exc:
         raise ConfigError(file, key, str(exc)) from None
 
 
-def load_job(path: Path, default_tz: str) -> Job:
+def load_job(path: Path, default_tz: str) -> JobBase:
     raw = _interpolate(_read_toml(path), path, "")
     try:
-        job = _JobFile.model_validate({"job": raw}).job
+        job = job_adapter().validate_python(raw)
     except ValidationError as exc:
-        raise _validation_error(path, exc, strip=1) from None
+        raise _validation_error(path, exc, tagged=True) from None
     tz = job.timezone or default_tz
     if job.timezone:
         _check_tz(path, "timezone", job.timezone)
     _check_schedule(path, "schedule", job.schedule, tz)
     if job.drill_schedule:
         _check_schedule(path, "drill_schedule", job.drill_schedule, tz)
-    return _resolve_job_paths(job, path.parent, path)
-
-
-def read_secret(path: Path | None) -> str | None:
-    """A secret file's content without the trailing newline (editors add one)."""
-    if path is None:
-        return None
-    return path.read_text().rstrip("\r\n")
+    resolved = _resolve_paths(job, path.parent, path)
+    assert isinstance(resolved, JobBase)
+    return resolved
 
 
 def load_config(path: Path) -> Config:
@@ -496,7 +189,7 @@ def load_config(path: Path) -> Config:
     )
     _check_tz(path, "scheduler.timezone", settings.scheduler.timezone)
 
-    jobs: dict[str, Job] = {}
+    jobs: dict[str, JobBase] = {}
     files: dict[str, Path] = {}
     jobs_dir = settings.jobs_dir
     if jobs_dir.is_dir():

@@ -1,4 +1,4 @@
-"""Errors that reach the user as one line on stderr, each with its exit code (DESIGN.md 6)."""
+"""Errors that reach the user as one line on stderr, each with its exit code (listed in README.md)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-from backupd.sandbox import write_config
+from backupd.lab.content import write_config
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 
 def child(uri: str, out_dir: str) -> None:
+    from backupd.engine.pipeline import ArtifactWriter
     from backupd.formats.mongo_archive import MongoArchiveChecker
-    from backupd.mongo_native import connect, dump_native
-    from backupd.pipeline import ArtifactWriter
+    from backupd.sources.mongo.native import connect, dump_native
 
     client = connect(uri)
     writer = ArtifactWriter(Path(out_dir), "mongo", "mongo-archive", ".archive", checker=MongoArchiveChecker())
@@ -47,7 +47,7 @@ def child(uri: str, out_dir: str) -> None:
 
 
 def seed(server: object, n: int) -> None:
-    from backupd.scratch import MongoServer
+    from backupd.scratch.mongo import MongoServer
 
     assert isinstance(server, MongoServer)
     with server.client() as c:
@@ -68,7 +68,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from backupd.scratch import MongoServer
+    from backupd.scratch.mongo import MongoServer
 
     with MongoServer() as server, tempfile.TemporaryDirectory() as tmp:
         print(f"server: {server.kind} on {server.uri}")

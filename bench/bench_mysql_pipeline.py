@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backupd.sandbox import write_config, write_secret
-from backupd.scratch import MariaDB
+from backupd.lab.content import write_config, write_secret
+from backupd.scratch.mariadb import MariaDB
 
 ROW_BYTES = 2200
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from backupd.retention import Backup, Policy, plan
+from backupd.store.retention import Backup, Policy, plan
 
 N = 100_000
 NOW = datetime(2026, 11, 28, tzinfo=UTC)

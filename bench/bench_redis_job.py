@@ -28,9 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from backupd.remote import ssh_options
-from backupd.sandbox import write_config, write_secret
-from backupd.scratch import SSHD, Redis
+from backupd.engine.remote import ssh_options
+from backupd.lab.content import write_config, write_secret
+from backupd.lab.sshd import SSHD
+from backupd.scratch.redis import Redis
 
 VALUE = 4096
 LINK = os.environ.get("BENCH_LINK", "112M")  # rsync --bwlimit: MiB/s, about a 1 Gbit/s link
@@ -107,7 +108,7 @@ def main() -> int:
             rdb = replica.rdb_path
             print(f"RDB: {rdb.stat().st_size / 1e6:.1f} MB")
             cfg_ssh = sshd.ssh_config()
-            from backupd.config import SSHCfg
+            from backupd.settings import SSHCfg
 
             ssh = SSHCfg.model_validate(cfg_ssh)
             plain_dir = base / "plain"

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from backupd.compression import iter_chunks, open_decompressed
-from backupd.sandbox import write_config, write_secret
-from backupd.scratch import MariaDB
+from backupd.engine.compression import iter_chunks, open_decompressed
+from backupd.lab.content import write_config, write_secret
+from backupd.scratch.mariadb import MariaDB
 
 ROW_BYTES = 300  # roughly, per dumped row below
 

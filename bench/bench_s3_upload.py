@@ -17,14 +17,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from backupd.catalog import Catalog
 from backupd.config import load_config
+from backupd.lab.content import write_config
+from backupd.lab.s3 import MotoS3
 from backupd.logs import EventLog
-from backupd.prune import prune_local
-from backupd.s3 import Bucket, copy_backup, part_size
-from backupd.sandbox import write_config
-from backupd.scratch import MotoS3
-from backupd.store import Store, StoredBackup, make_backup_id
+from backupd.store.backups import Store, StoredBackup, make_backup_id
+from backupd.store.catalog import Catalog
+from backupd.store.prune import prune_local
+from backupd.store.s3 import Bucket, copy_backup, part_size
 
 MiB = 1024 * 1024
 

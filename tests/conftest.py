@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 import pytest
 
 from backupd.formats.base import CheckResult, FormatChecker
-from backupd.scratch import SSHD, MariaDB, MongoServer, MotoS3, Redis, ScratchServer
+from backupd.lab.s3 import MotoS3
+from backupd.lab.sshd import SSHD
+from backupd.scratch.base import ScratchServer
+from backupd.scratch.mariadb import MariaDB
+from backupd.scratch.mongo import MongoServer
+from backupd.scratch.redis import Redis
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 

@@ -1,4 +1,4 @@
-"""mongodump ``--archive`` format: streaming verifier, writer and reader (FORMATS.md section 1).
+"""mongodump ``--archive`` format: streaming verifier, writer and reader (docs/formats.md).
 
 The checker applies the rules mongorestore applies while demultiplexing (framing, per-namespace
 CRC-64/XZ at each EOF block, every prelude namespace closed) without decoding documents: a backup of

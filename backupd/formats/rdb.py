@@ -1,4 +1,4 @@
-"""Streaming verifier for Redis / Valkey RDB snapshots (FORMATS.md section 2).
+"""Streaming verifier for Redis / Valkey RDB snapshots (docs/formats.md).
 
 Only the leading header (magic, AUX fields, functions, first SELECTDB/RESIZEDB) is parsed: it carries the
 facts a manifest wants (server version, replication offset, key-count hint). Everything after it is just run

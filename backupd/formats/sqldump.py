@@ -2,7 +2,7 @@
 
 The row counts are what a restore drill compares a restored database against, so they must be exact,
 and they must be cheap: the checker runs beside the compressor while the dump tool and the server use
-most of the CPU. Two facts about mysqldump's output make that possible (see FORMATS.md 3):
+most of the CPU. Two facts about mysqldump's output make that possible (docs/formats.md):
 
 * string literals never hold a raw newline (the client escapes it as ``\\n``, binaries too), so a raw
   ``\\n`` inside an INSERT is always outside a literal, and so is ``;\\n`` (the end of the statement);

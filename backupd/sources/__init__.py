@@ -1,72 +1,52 @@
-"""Sources: one module per job type, each exposing the same functions (DESIGN.md 4).
+"""The sources and their registry: the only list of job types (docs/architecture.md).
 
-`check(job, ctx)` checks reachability and preconditions, `dump(job, ctx)` writes artifacts through the
-pipeline and returns the source facts for the manifest. Restore and drills live in `backupd.restore`.
+Adding a source is one module (or package) with a `Source` subclass, plus one line in `SOURCES` below;
+the config's `type` values, its error messages and the restore options the CLI offers all come from here.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from backupd.config import CompressionCfg, Job
-from backupd.formats.base import FormatChecker
-from backupd.logs import ByteProgress, EventLog
-from backupd.pipeline import ArtifactResult, ArtifactWriter
+from backupd.settings import JobBase
+from backupd.sources.base import RestoreOption, Source
+from backupd.sources.files import FilesSource
+from backupd.sources.mongo import MongoSource
+from backupd.sources.mysql import MySQLSource
+from backupd.sources.redis import RedisSource
+from backupd.sources.wordpress import WordPressSource
 
-MODULES = {
-    "mysql": "backupd.sources.mysql",
-    "files": "backupd.sources.files",
-    "wordpress": "backupd.sources.wordpress",
-    "redis": "backupd.sources.redis",
-    "mongodb": "backupd.sources.mongo",
-}
-
-
-@dataclass
-class DumpContext:
-    """What a source needs from the run: where to write, where to stage, how to report."""
-
-    job_name: str
-    job: Job
-    partial_dir: Path
-    staging_dir: Path
-    tmp_dir: Path
-    compression: CompressionCfg
-    events: EventLog
-    progress: ByteProgress
-    artifacts: list[ArtifactResult] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def artifact(self, name: str, fmt: str, ext: str, checker: FormatChecker | None) -> ArtifactWriter:
-        task = self.progress.task(f"{self.job_name}: {name}")
-        return ArtifactWriter(
-            self.partial_dir,
-            name,
-            fmt,
-            ext,
-            algorithm=self.compression.algorithm,
-            level=self.compression.level,
-            checker=checker,
-            on_progress=task.advance,
-        )
-
-    def add(self, result: ArtifactResult) -> ArtifactResult:
-        self.artifacts.append(result)
-        self.events.event(
-            "artifact",
-            step="dump",
-            artifact=result.file,
-            bytes=result.bytes,
-            raw_bytes=result.raw_bytes,
-            duration=round(result.seconds, 3),
-            outcome="ok" if result.ok else "invalid",
-        )
-        return result
+SOURCES: tuple[Source[Any], ...] = (
+    MongoSource(),
+    RedisSource(),
+    MySQLSource(),
+    FilesSource(),
+    WordPressSource(),
+)
+_BY_TYPE = {s.type: s for s in SOURCES}
 
 
-def source_module(job: Job) -> ModuleType:
-    return importlib.import_module(MODULES[job.type])
+def source_types() -> list[str]:
+    return [s.type for s in SOURCES]
+
+
+def job_models() -> tuple[type[JobBase], ...]:
+    return tuple(s.model for s in SOURCES)
+
+
+def source_for(job: JobBase) -> Source[Any]:
+    return _BY_TYPE[job.type]
+
+
+def restore_options() -> list[RestoreOption]:
+    """Every source's restore options, once each (several sources share `--password-file`, say)."""
+    seen: dict[str, RestoreOption] = {}
+    for s in SOURCES:
+        for opt in s.restore_options:
+            seen.setdefault(opt.dest, opt)
+    return list(seen.values())
+
+
+def option_owners(dest: str) -> list[str]:
+    """The job types whose restore takes the option `dest`."""
+    return [s.type for s in SOURCES if any(o.dest == dest for o in s.restore_options)]

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from backupd.sandbox import write_config
-from backupd.scratch import SSHD
+from backupd.lab.content import write_config
+from backupd.lab.sshd import SSHD
 from tests.conftest import wait_for
 
 

@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
-from backupd.sandbox import make_site, seed_wordpress, write_config, write_secret
-from backupd.scratch import SSHD, MariaDB, MongoServer, Redis
+from backupd.lab.content import make_site, seed_wordpress, write_config, write_secret
+from backupd.lab.sshd import SSHD
+from backupd.scratch.mariadb import MariaDB
+from backupd.scratch.mongo import MongoServer
+from backupd.scratch.redis import Redis
 from tests.conftest import wait_for
 
 
@@ -224,14 +227,16 @@ def test_redis_drill_loads_rdb_into_throwaway_server(
     # the loader itself, in-process: real redis-server on the real RDB, keys counted by the server
     from contextlib import ExitStack
 
-    from backupd.drill import drill_redis
-    from backupd.store import Store
+    from backupd.sources.base import DrillContext
+    from backupd.sources.redis.load import drill_redis
+    from backupd.store.backups import Store
 
     [stored] = Store(cfg.parent / "store").backups("redis")
     work = tmp_path / "work"
     work.mkdir()
     with ExitStack() as stack:
-        [direct], seconds = drill_redis(stored, stored.manifest["artifacts"], stack, work)
+        result = drill_redis(stored, DrillContext(stack, work))
+    [direct], seconds = result.checks, result.restore_seconds
     assert direct.ok and direct.actual == 3000 and seconds > 0
     assert list(work.iterdir()) == []
 
@@ -318,7 +323,7 @@ def _mongo_job_with_target(
     cfg = write_config(tmp_path / "cfg", {"mongo": job})
     run = backupd(cfg, "run", "mongo")
     assert run.returncode == 0, run.stderr
-    from backupd.store import Store
+    from backupd.store.backups import Store
 
     [stored] = Store(cfg.parent / "store").backups("mongo")
     return cfg, source, target, stored.backup_id
@@ -336,7 +341,7 @@ def _own_data(server: MongoServer) -> list[dict[str, Any]]:
 
 
 def test_drill_db_names_fit_mongodb_and_stay_distinct() -> None:
-    from backupd.drill import drill_db_name
+    from backupd.sources.mongo.drill import drill_db_name
 
     assert drill_db_name("20240102T030405Z", "shop") == "drill_20240102t030405z_shop"
     a, b = drill_db_name("20240102T030405Z", "a" * 60 + "x"), drill_db_name("20240102T030405Z", "a" * 60 + "y")
@@ -381,11 +386,13 @@ def test_mongo_target_drill_that_fails_or_is_interrupted_still_drops(
     """In-process, as test_redis does: a manifest edited on disk would fail verification before any restore,
     so the lost document is edited into the stats handed to the restore step, then an interrupt follows."""
     from contextlib import ExitStack
+    from dataclasses import replace
 
     from backupd.config import load_config
-    from backupd.drill import drill_mongo
-    from backupd.runner import Terminated
-    from backupd.store import Store
+    from backupd.engine.signals import Terminated
+    from backupd.sources.base import DrillContext
+    from backupd.sources.mongo.drill import drill_mongo
+    from backupd.store.backups import Store
 
     cfg, _, target, backup_id = _mongo_job_with_target(mongo_factory, tmp_path)
     own = _own_data(target)
@@ -397,7 +404,8 @@ def test_mongo_target_drill_that_fails_or_is_interrupted_still_drops(
     work.mkdir()
     during: list[str] = []
     with pytest.raises(Terminated), ExitStack() as stack:
-        checks, _ = drill_mongo(job, stored, arts, stack, work)
+        edited = replace(stored, manifest={**stored.manifest, "artifacts": arts})
+        checks = drill_mongo(job, edited, DrillContext(stack, work)).checks
         during = _drill_dbs(target)
         with target.client() as c:
             restored = c[f"drill_{backup_id.lower()}_shop"]["orders"].count_documents({})

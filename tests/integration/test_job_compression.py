@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from backupd.cli import main as cli
-from backupd.compression import open_decompressed
-from backupd.sandbox import write_config
+from backupd.engine.compression import open_decompressed
+from backupd.lab.content import write_config
 
 
 def test_job_compression_overrides_the_global_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,12 +25,12 @@ from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
 from backupd.cli import main as cli_main
-from backupd.compression import open_decompressed
+from backupd.engine.compression import open_decompressed
 from backupd.errors import StepError
 from backupd.formats.mongo_archive import TERMINATOR, ArchiveWriter
-from backupd.mongo_native import restore_archive
-from backupd.sandbox import write_config, write_secret
-from backupd.scratch import MongoServer
+from backupd.lab.content import write_config, write_secret
+from backupd.scratch.mongo import MongoServer
+from backupd.sources.mongo.native import restore_archive
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "mongo-archive"
 SECRET = "s3cr3t pass#'\"word"

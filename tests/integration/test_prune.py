@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from backupd.errors import BackupdError
-from backupd.runner import job_lock
-from backupd.sandbox import toml_text, write_config
-from backupd.scratch import Redis, free_port
-from backupd.store import Store, make_backup_id, reading
+from backupd.lab.content import toml_text, write_config
+from backupd.scratch.base import free_port
+from backupd.scratch.redis import Redis
+from backupd.store.backups import Store, make_backup_id, reading
+from backupd.store.locks import job_lock
 from tests.conftest import catalog_backups, run_cli
 
 

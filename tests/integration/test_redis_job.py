@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from backupd.config import RedisJob
 from backupd.errors import StepError
-from backupd.sandbox import write_config, write_secret
-from backupd.scratch import SSHD, Redis, free_port
-from backupd.sources.redis import fresh_bgsave, health_problems
+from backupd.lab.content import write_config, write_secret
+from backupd.lab.sshd import SSHD
+from backupd.scratch.base import free_port
+from backupd.scratch.redis import Redis
+from backupd.sources.redis.config import RedisJob
+from backupd.sources.redis.dump import fresh_bgsave, health_problems
 from tests.conftest import run_cli as run_cli_here
 from tests.conftest import wait_for
 
@@ -393,7 +395,7 @@ def _inprocess_run(cfg: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 def _replace_after_copy(monkeypatch: pytest.MonkeyPatch, src: Path, times: int) -> list[int]:
     """Let rsync copy, then swap the source for a same-content file (new inode), as a save landing mid-copy
     does: the stat after the copy must see it."""
-    import backupd.sources.redis as redis_source
+    import backupd.sources.redis.dump as redis_source
 
     real = redis_source.follow
     calls: list[int] = []
@@ -452,7 +454,7 @@ def test_copy_not_followed_falls_back_to_a_second_pass(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """When the bytes read during the copy cannot be proven to be the copy, the staged file is read again."""
-    import backupd.sources.redis as redis_source
+    import backupd.sources.redis.dump as redis_source
 
     _, replica = pair
     own = own_dirs(tmp_path, write_secret(tmp_path / "pw", PASSWORD))

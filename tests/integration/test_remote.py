@@ -5,9 +5,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from backupd.config import SSHCfg
-from backupd.remote import RemoteShell, connect
-from backupd.scratch import SSHD
+from backupd.engine.remote import RemoteShell, connect
+from backupd.lab.sshd import SSHD
+from backupd.settings import SSHCfg
 
 
 def test_remote_shell_runs_commands_in_one_session(sshd: SSHD, tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import zstandard
 
-from backupd.sandbox import make_site, seed_wordpress, write_config, write_secret
-from backupd.scratch import SSHD, MariaDB
+from backupd.lab.content import make_site, seed_wordpress, write_config, write_secret
+from backupd.lab.sshd import SSHD
+from backupd.scratch.mariadb import MariaDB
 
 TABLES = ["wp_audit", "wp_blobs", "wp_empty", "wp_options", "wp_postmeta", "wp_posts", "wp_users"]
 
@@ -235,7 +236,7 @@ def test_unsafe_tar_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
 def test_extract_refuses_unsafe_listing_without_writing(tmp_path: Path) -> None:
     """The restore's own pre-scan, independent of what the format checker thinks of the listing."""
     from backupd.errors import StepError
-    from backupd.restore import extract_tar
+    from backupd.sources.files.extract import extract_tar
 
     outside = tmp_path / "outside"
     outside.mkdir()

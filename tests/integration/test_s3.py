@@ -20,13 +20,15 @@ from typing import Any
 import boto3
 import pytest
 
-from backupd.catalog import Catalog
 from backupd.config import load_config
+from backupd.lab.content import write_config
+from backupd.lab.s3 import MotoS3
 from backupd.logs import EventLog
-from backupd.s3 import MAX_PARTS, MIN_PART, part_size, ship
-from backupd.sandbox import write_config
-from backupd.scratch import MotoS3, Redis, free_port
-from backupd.store import Store
+from backupd.scratch.base import free_port
+from backupd.scratch.redis import Redis
+from backupd.store.backups import Store
+from backupd.store.catalog import Catalog
+from backupd.store.s3 import MAX_PARTS, MIN_PART, part_size, ship
 from tests.conftest import catalog_backups, run_cli
 
 PREFIX = "backupd/"

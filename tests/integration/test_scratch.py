@@ -14,17 +14,12 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from backupd.scratch import (
-    SSHD,
-    MariaDB,
-    MongoServer,
-    MotoS3,
-    Redis,
-    ScratchError,
-    ScratchServer,
-    free_port,
-    require_binary,
-)
+from backupd.lab.s3 import MotoS3
+from backupd.lab.sshd import SSHD
+from backupd.scratch.base import ScratchError, ScratchServer, free_port, require_binary
+from backupd.scratch.mariadb import MariaDB
+from backupd.scratch.mongo import MongoServer
+from backupd.scratch.redis import Redis
 from tests.conftest import wait_for
 
 MAX_START_SECONDS = 20.0  # a sanity bound on a shared 2-core machine; typical figures are printed
@@ -219,7 +214,7 @@ def test_stop_escalates_to_sigkill() -> None:
 
 
 def test_interpreter_exit_stops_servers() -> None:
-    code = "from backupd.scratch import Redis\nr = Redis().start()\nprint(r.pid, r.dir, flush=True)\n"
+    code = "from backupd.scratch.redis import Redis\nr = Redis().start()\nprint(r.pid, r.dir, flush=True)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     pid_text, directory = out.stdout.split()
     assert _pid_gone(int(pid_text))

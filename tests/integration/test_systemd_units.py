@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backupd.sandbox import write_config
+from backupd.lab.content import write_config
 from backupd.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parents[2]

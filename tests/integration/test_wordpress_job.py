@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import zstandard
 
-from backupd.sandbox import make_site, seed_wordpress, write_config, write_secret
-from backupd.scratch import SSHD, MariaDB
+from backupd.lab.content import make_site, seed_wordpress, write_config, write_secret
+from backupd.lab.sshd import SSHD
+from backupd.scratch.mariadb import MariaDB
 from tests.conftest import wait_for
 
 TABLES = ["wp_audit", "wp_blobs", "wp_empty", "wp_options", "wp_postmeta", "wp_posts", "wp_users"]
@@ -213,7 +214,7 @@ def test_wrong_password_fails_cleanly(site: Site) -> None:
 
 
 def test_unreachable_database_names_host_and_step(site: Site) -> None:
-    from backupd.scratch import free_port
+    from backupd.scratch.base import free_port
 
     port = free_port()
     cfg = site.config("unreach", mysql={"port": port, "via_ssh": False})
@@ -230,7 +231,7 @@ def test_ssh_key_refused(site: Site, tmp_path: Path) -> None:
 
 
 def test_ssh_unreachable(site: Site) -> None:
-    from backupd.scratch import free_port
+    from backupd.scratch.base import free_port
 
     port = free_port()
     cfg = site.config("nossh", ssh={**site.sshd.ssh_config(), "port": port})

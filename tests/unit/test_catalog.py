@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from backupd.catalog import Catalog
+from backupd.store.catalog import Catalog
 from tests.conftest import Race
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from backupd.cli import main
-from backupd.config import deep_merge, load_config, parse_duration
+from backupd.config import deep_merge, load_config
 from backupd.errors import ConfigError
+from backupd.settings import parse_duration
 
 
 def write(base: Path, main_text: str = "", jobs: dict[str, str] | None = None, retention: str | None = None) -> Path:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backupd.config import GlobalCfg, RetentionCfg, _JobFile, deep_merge
+from backupd.config import deep_merge, job_adapter
+from backupd.settings import GlobalCfg, RetentionCfg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "jobs").glob("*.toml")))
 def test_example_jobs_validate(name: str) -> None:
     raw = tomllib.loads((ROOT / "jobs" / name).read_text())
-    assert _JobFile.model_validate({"job": raw}).job.type == raw["type"]
+    assert job_adapter().validate_python(raw).type == raw["type"]
 
 
 def test_example_global_and_retention_validate() -> None:

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from backupd.follow import Followed, follow, is_destination
+from backupd.engine.follow import Followed, follow, is_destination
 
 
 def rsync(src: Path, dest: Path, temp: Path, *extra: str) -> subprocess.Popen[bytes]:

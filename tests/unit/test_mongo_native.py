@@ -16,10 +16,10 @@ from bson.son import SON
 from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
-from backupd.config import MongoJob
 from backupd.errors import StepError, UsageError
 from backupd.formats.mongo_archive import ArchiveWriter, MongoArchiveChecker, open_archive
-from backupd.mongo_native import (
+from backupd.sources.mongo.config import MongoJob
+from backupd.sources.mongo.native import (
     CollSpec,
     NsFilter,
     NsRenamer,
@@ -38,7 +38,7 @@ from backupd.mongo_native import (
     oplog_start,
     strip_credentials,
 )
-from backupd.sources.mongo import (
+from backupd.sources.mongo.tools import (
     cross_check,
     decide_oplog,
     mongodump_argv,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from backupd.engine.pipeline import ArtifactWriter
 from backupd.formats.base import CheckResult, FormatChecker
-from backupd.pipeline import ArtifactWriter
-from backupd.store import Store
+from backupd.store.backups import Store
 
 
 class CountingChecker(FormatChecker):

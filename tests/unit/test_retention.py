@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backupd.retention import Backup, Decision, Policy, _enforce, plan
+from backupd.store.retention import Backup, Decision, Policy, _enforce, plan
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

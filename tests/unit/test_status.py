@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from backupd.catalog import Catalog
 from backupd.cli import main
-from backupd.config import Config, load_config
-from backupd.metrics import make_registry
-from backupd.sandbox import write_config
-from backupd.status import MIN_GRACE, job_status
+from backupd.config import load_config
+from backupd.daemon.metrics import make_registry
+from backupd.daemon.status import MIN_GRACE, job_status
+from backupd.lab.content import write_config
+from backupd.settings import Config
+from backupd.store.catalog import Catalog
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 

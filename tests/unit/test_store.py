@@ -6,7 +6,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from backupd.store import ensure_private_dir
+from backupd.fsutil import ensure_private_dir
 from tests.conftest import Race
 
 

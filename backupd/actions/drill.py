@@ -1,0 +1,103 @@
+"""Restore drills: restore a job's newest verified backup into a scratch target and compare it with the
+stats recorded at dump time.
+
+A backup is only as good as its last successful restore. The job's source restores into a throwaway server
+(`backupd.scratch`) or a configured `[drill] target` it may create and drop, and checks what arrived against
+the manifest; this module picks and verifies the backup, records the outcome in the catalog, and owns the
+ExitStack and work directory every drill's servers and databases are torn down through, so SIGTERM/SIGINT
+(raised as `Terminated`) leave no server or temp dir behind (docs/restore-and-drills.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from backupd.actions.restore import ensure_intact, pick_backup
+from backupd.errors import BackupdError
+from backupd.fsutil import ensure_private_dir
+from backupd.scratch.base import ScratchError
+from backupd.settings import Config
+from backupd.sources import source_for
+from backupd.sources.base import Check, DrillContext
+from backupd.store.backups import Store, StoredBackup, reading
+from backupd.store.catalog import Catalog
+
+
+@dataclass
+class DrillReport:
+    job: str
+    backup_id: str | None
+    outcome: str = "failed"
+    checks: list[Check] = field(default_factory=list)
+    restore_seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "restore_seconds": round(self.restore_seconds, 3)}
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------ one drill
+
+
+def drill_job(config: Config, name: str, catalog: Catalog) -> DrillReport:
+    """Drill one job; the outcome is recorded in the catalog whatever happens (interrupts included)."""
+    job = config.job(name)
+    store = Store(config.store_root)
+    try:
+        backup: StoredBackup | None = pick_backup(store, name, None)
+    except BackupdError as exc:
+        backup = None
+        report = DrillReport(name, None, error=first_line(exc))
+    drill_id = catalog.start_drill(name, backup.backup_id if backup else None)
+    if backup is None:
+        catalog.finish_drill(drill_id, "failed", [], None, report.error)
+        return report
+    report = DrillReport(name, backup.backup_id)
+    work = ensure_private_dir(config.state_dir / "drills") / f"{name}-{backup.backup_id}-{os.getpid()}"
+    try:
+        with ExitStack() as stack:
+            work.mkdir(mode=0o700)
+            stack.callback(shutil.rmtree, work, True)
+            stack.enter_context(reading(backup))  # a prune meanwhile (timer mode) keeps this backup
+            ensure_intact(backup, step="drill verify")
+            result = source_for(job).drill(job, backup, DrillContext(stack, work))
+            if not result.checks:
+                raise BackupdError(f"drill: backup {backup.backup_id} has nothing to compare")
+            report.checks, report.restore_seconds = result.checks, result.restore_seconds
+        report.outcome = "ok" if all(c.ok for c in report.checks) else "failed"
+        if not report.ok:
+            bad = next(c for c in report.checks if not c.ok)
+            report.error = f"{bad.check}: expected {bad.expected}, got {bad.actual}"
+    except (BackupdError, ScratchError, OSError) as exc:
+        report.error = first_line(exc)
+    except BaseException as exc:  # Terminated / KeyboardInterrupt: record, then keep unwinding
+        report.error = f"interrupted: {first_line(exc)}"
+        catalog.finish_drill(drill_id, "failed", [asdict(c) for c in report.checks], None, report.error)
+        raise
+    catalog.finish_drill(
+        drill_id, report.outcome, [asdict(c) for c in report.checks], round(report.restore_seconds, 3), report.error
+    )
+    return report
+
+
+def drill_jobs(config: Config, names: list[str]) -> list[DrillReport]:
+    for n in names:
+        config.job(n)  # unknown names are a usage error before any drill starts
+    catalog = Catalog(config.state_dir)
+    try:
+        return [drill_job(config, n, catalog) for n in names]
+    finally:
+        catalog.close()

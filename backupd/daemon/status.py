@@ -1,0 +1,164 @@
+"""Per-job status from the config and the catalog: one computation shared by `backupd status`,
+the daemon's /health/jobs and /metrics, so the three can never disagree about "overdue".
+
+Overdue: the latest fire time older than ``now - grace`` has no successful run started at or after it.
+The grace covers a run that started on time and is still legitimately working: at least 15 minutes,
+up to the job's timeout, but never more than one schedule interval (a run that outlives its interval
+would be coalesced with the next fire anyway), plus the scheduler's jitter.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from backupd.schedule import Schedule
+from backupd.settings import Config
+from backupd.store.catalog import Catalog
+
+MIN_GRACE = timedelta(minutes=15)
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    """Catalog timestamps are ISO 8601 UTC with a Z; None stays None."""
+    if not value:
+        return None
+    dt = datetime.fromisoformat(value)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def grace_for(sched: Schedule, timeout_s: int, jitter_s: int, now: datetime) -> timedelta:
+    interval = sched.interval_hint(now)
+    return max(MIN_GRACE, min(timedelta(seconds=timeout_s), interval)) + timedelta(seconds=jitter_s)
+
+
+@dataclass
+class JobStatus:
+    job: str
+    type: str
+    enabled: bool
+    schedule: str
+    timezone: str
+    overdue: bool = False
+    due_since: datetime | None = None  # the fire time a backup is missing for, when overdue
+    grace_seconds: float = 0.0
+    next_run: datetime | None = None
+    running: bool = False
+    last_success_at: datetime | None = None
+    last_success_age_seconds: float | None = None
+    last_backup_id: str | None = None
+    last_backup_bytes: int | None = None
+    last_success_duration: float | None = None
+    last_run_at: datetime | None = None
+    last_run_outcome: str | None = None
+    last_run_trigger: str | None = None
+    last_run_error: str | None = None
+    last_run_step: str | None = None
+    last_run_duration: float | None = None
+    drill_schedule: str | None = None
+    next_drill: datetime | None = None
+    last_drill_at: datetime | None = None
+    last_drill_outcome: str | None = None
+    last_drill_error: str | None = None
+    last_drill_duration: float | None = None
+    last_drill_success_at: datetime | None = None
+    runs_total: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, datetime):
+                out[k] = v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return out
+
+
+def _pid_alive(pid: int | None) -> bool:
+    """Signal 0 only checks existence: a 'running' row whose process is gone was killed."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _duration(row: sqlite3.Row) -> float | None:
+    if row["duration"] is not None:
+        return float(row["duration"])
+    start, end = parse_ts(row["started_at"]), parse_ts(row["finished_at"])
+    return (end - start).total_seconds() if start and end else None
+
+
+def job_status(config: Config, catalog: Catalog, name: str, now: datetime) -> JobStatus:
+    job = config.jobs[name]
+    tz = config.job_timezone(name)
+    sched = Schedule.parse(job.schedule, tz)
+    st = JobStatus(job=name, type=job.type, enabled=job.enabled, schedule=job.schedule, timezone=tz)
+    db = catalog.db
+
+    ok = catalog.last_success(name)
+    if ok is not None:
+        st.last_success_at = parse_ts(ok["started_at"])
+        st.last_backup_id = ok["backup_id"]
+        st.last_backup_bytes = ok["bytes"]
+        st.last_success_duration = _duration(ok)
+        if st.last_success_at is not None:
+            st.last_success_age_seconds = max(0.0, (now - st.last_success_at).total_seconds())
+    last = catalog.last_run(name)
+    if last is not None:
+        st.last_run_at = parse_ts(last["started_at"])
+        st.last_run_outcome = last["outcome"]
+        st.last_run_trigger = last["trigger"]
+        st.last_run_error = last["error"]
+        st.last_run_step = last["step"]
+        st.last_run_duration = _duration(last)
+    st.running = any(
+        _pid_alive(r["pid"]) for r in db.execute("SELECT pid FROM runs WHERE job=? AND outcome='running'", (name,))
+    )
+    st.runs_total = {
+        r[0]: int(r[1])
+        for r in db.execute(
+            "SELECT outcome, COUNT(*) FROM runs WHERE job=? AND outcome != 'running' GROUP BY outcome", (name,)
+        )
+    }
+
+    drill = catalog.last_drill(name)
+    if drill is not None:
+        st.last_drill_at = parse_ts(drill["started_at"])
+        st.last_drill_outcome = drill["outcome"]
+        st.last_drill_error = drill["error"]
+        start, end = parse_ts(drill["started_at"]), parse_ts(drill["finished_at"])
+        st.last_drill_duration = (end - start).total_seconds() if start and end else None
+    good = db.execute(
+        "SELECT started_at FROM drills WHERE job=? AND outcome='ok' ORDER BY id DESC LIMIT 1", (name,)
+    ).fetchone()
+    if good is not None:
+        st.last_drill_success_at = parse_ts(good[0])
+
+    if job.enabled:
+        st.next_run = sched.next_after(now)
+        grace = grace_for(sched, job.timeout, config.settings.scheduler.jitter, now)
+        st.grace_seconds = grace.total_seconds()
+        st.overdue = sched.is_overdue(st.last_success_at, now, grace)
+        if st.overdue:
+            st.due_since = sched.latest_at_or_before(now - grace)
+        if job.drill_schedule:
+            st.drill_schedule = job.drill_schedule
+            st.next_drill = Schedule.parse(job.drill_schedule, tz).next_after(now)
+    return st
+
+
+def all_status(config: Config, now: datetime | None = None) -> list[JobStatus]:
+    """Every configured job, sorted by name; opens and closes its own catalog connection."""
+    now = now or datetime.now(UTC)
+    catalog = Catalog(config.state_dir)
+    try:
+        return [job_status(config, catalog, name, now) for name in sorted(config.jobs)]
+    finally:
+        catalog.close()

@@ -1,0 +1,1 @@
+"""One run's machinery below the sources: compression, the streaming artifact pipeline, processes, SSH."""

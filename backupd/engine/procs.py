@@ -1,0 +1,112 @@
+"""Run a dump process and stream its stdout into an artifact, keeping the tail of its stderr."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from backupd.engine.pipeline import ArtifactWriter, pump
+from backupd.errors import StepError
+
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stderr: list[str]
+
+
+def drain_lines(stream: IO[bytes], sink: collections.deque[str]) -> None:
+    """Read a process's stderr to EOF into a bounded deque (run in a thread so the pipe never fills)."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip()
+        if line:
+            sink.append(line)
+
+
+def stream_command(
+    argv: Sequence[str],
+    writer: ArtifactWriter,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> CommandResult:
+    """Run argv (never through a shell), pump its stdout into `writer`; kill it if we are interrupted."""
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    with contextlib.suppress(OSError):  # a bigger pipe means fewer wake-ups; not fatal if refused
+        fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+    tail: collections.deque[str] = collections.deque(maxlen=50)
+    drainer = threading.Thread(target=drain_lines, args=(proc.stderr, tail), daemon=True)
+    drainer.start()
+    fd = proc.stdout.fileno()
+    try:
+        pump(lambda n: os.read(fd, n), writer)
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        drainer.join(timeout=5)
+        proc.stdout.close()
+        proc.stderr.close()
+    return CommandResult(rc, list(tail))
+
+
+def run_capture(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float | None = 300
+) -> subprocess.CompletedProcess[str]:
+    """A short helper command (listing databases, rsync): output captured as text."""
+    return subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=dict(env) if env is not None else None,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def describe_exit(returncode: int) -> str:
+    """ "exited 2" or "killed by SIGKILL": a negative return code is the signal that ended the process."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited {returncode}"
+
+
+def last_line(lines: Sequence[str] | str, default: str = "no error output") -> str:
+    if isinstance(lines, str):
+        lines = [x for x in lines.splitlines() if x.strip()]
+    return lines[-1].strip() if lines else default
+
+
+def find_tool(names: Sequence[str], what: str, step: str = "dump") -> str:
+    """The first of `names` on PATH (e.g. mariadb-dump, then mysqldump); one line naming them all if none is."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise StepError(step, f"{what}: none of {', '.join(names)} found on PATH")

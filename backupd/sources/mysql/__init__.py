@@ -1,0 +1,49 @@
+"""MySQL/MariaDB: one `{database}.sql` artifact per database; restores and drills through the client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backupd.errors import UsageError
+from backupd.sources.base import (
+    DATABASE_OPTION,
+    PASSWORD_FILE_OPTION,
+    DrillContext,
+    DrillResult,
+    DumpContext,
+    Progress,
+    Restored,
+    RestoreRequest,
+    Source,
+    drill_password,
+)
+from backupd.sources.mysql.client import parse_mysql_uri, reach_mysql, restore_sql_artifacts
+from backupd.sources.mysql.config import MySQLJob
+from backupd.sources.mysql.drill import drill_sql
+from backupd.sources.mysql.dump import dump_part, host_label
+from backupd.store.backups import StoredBackup
+
+
+class MySQLSource(Source[MySQLJob]):
+    type = "mysql"
+    model = MySQLJob
+    restore_options = (PASSWORD_FILE_OPTION, DATABASE_OPTION)
+
+    def check_reachable(self, job: MySQLJob) -> list[str]:
+        return reach_mysql(job, job.ssh)
+
+    def dump(self, job: MySQLJob, ctx: DumpContext) -> dict[str, Any]:
+        return {"host": host_label(job, job.ssh), "databases": dump_part(ctx, job, job.ssh)}
+
+    def check_restore(self, job: MySQLJob, req: RestoreRequest) -> None:
+        if not req.to:
+            raise UsageError("restore: a mysql job needs --to URI")
+        parse_mysql_uri(req.to)
+
+    def restore(self, job: MySQLJob, backup: StoredBackup, req: RestoreRequest, progress: Progress) -> list[Restored]:
+        target = parse_mysql_uri(req.to or "")
+        only = req.option("database")
+        return restore_sql_artifacts(backup, target, req.password(), only=only, yes=req.yes, progress=progress)
+
+    def drill(self, job: MySQLJob, backup: StoredBackup, ctx: DrillContext) -> DrillResult:
+        return drill_sql(job.drill.target, drill_password(job.password_file), backup, ctx)

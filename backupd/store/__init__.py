@@ -1,0 +1,1 @@
+"""The backup store and what reads or trims it: layout and manifests, catalog, verification, retention, S3."""

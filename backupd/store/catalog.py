@@ -1,0 +1,346 @@
+"""SQLite catalog of runs (failed ones too), backups, artifacts and drills.
+
+The store's manifests are the source of truth; the catalog is an index that `backupd catalog rebuild`
+recreates from them. WAL mode lets the daemon, `status` and a running job read and write at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backupd.fsutil import FILE_MODE, ensure_private_dir
+from backupd.store.backups import Store, StoredBackup
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    backup_id TEXT,
+    trigger TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT NOT NULL,          -- running | ok | failed
+    error TEXT,
+    step TEXT,
+    bytes INTEGER,
+    duration REAL,
+    pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_job ON runs(job, started_at);
+CREATE TABLE IF NOT EXISTS backups (
+    job TEXT NOT NULL,
+    backup_id TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    raw_bytes INTEGER NOT NULL,
+    verified INTEGER NOT NULL,
+    verified_at TEXT,
+    s3_state TEXT NOT NULL DEFAULT 'none',   -- none | pending | copied | failed | pruned
+    s3_checked_at TEXT,
+    s3_error TEXT,
+    deleted_at TEXT,
+    delete_reason TEXT,
+    manifest TEXT NOT NULL,
+    PRIMARY KEY (job, backup_id)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    job TEXT NOT NULL,
+    backup_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    file TEXT NOT NULL,
+    format TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    raw_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    PRIMARY KEY (job, backup_id, name)
+);
+CREATE TABLE IF NOT EXISTS drills (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    backup_id TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT NOT NULL,          -- running | ok | failed
+    checks TEXT,
+    restore_seconds REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS drills_job ON drills(job, started_at);
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Catalog:
+    def __init__(self, state_dir: Path) -> None:
+        ensure_private_dir(state_dir)
+        self.path = state_dir / "catalog.sqlite"
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout=30000")
+        # Jobs the daemon starts together open a fresh catalog at the same instant: switching to WAL and
+        # creating or migrating the schema are not safe to race (SQLite answers "database is locked" or
+        # "duplicate column" without waiting), so the set-up is serialized by a lock on a side file.
+        lock_fd = os.open(state_dir / "catalog.lock", os.O_CREAT | os.O_RDWR, FILE_MODE)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+            self._migrate()
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(self.path) + suffix)
+                if side.exists():
+                    os.chmod(side, FILE_MODE)
+        finally:
+            os.close(lock_fd)
+
+    def _migrate(self) -> None:
+        """Columns added after the first release (catalogs created earlier get them on open)."""
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(backups)")}
+        if "s3_checksums" not in have:  # JSON {file: checksum S3 reported when the copy was checked}
+            self.db.execute("ALTER TABLE backups ADD COLUMN s3_checksums TEXT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, job: str, trigger: str) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (job, trigger, started_at, outcome, pid) VALUES (?, ?, ?, 'running', ?)",
+            (job, trigger, now_iso(), os.getpid()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: str,
+        *,
+        backup_id: str | None = None,
+        error: str | None = None,
+        step: str | None = None,
+        nbytes: int | None = None,
+        duration: float | None = None,
+    ) -> None:
+        self.db.execute(
+            "UPDATE runs SET finished_at=?, outcome=?, backup_id=?, error=?, step=?, bytes=?, duration=?"
+            " WHERE id=?",
+            (now_iso(), outcome, backup_id, error, step, nbytes, duration, run_id),
+        )
+
+    def mark_abandoned_runs(self, job: str) -> None:
+        """Runs left 'running' by a killed process (we hold the job lock, so none is alive)."""
+        self.db.execute(
+            "UPDATE runs SET outcome='failed', error='run was killed (no result recorded)', finished_at=?"
+            " WHERE job=? AND outcome='running'",
+            (now_iso(), job),
+        )
+
+    def last_run(self, job: str) -> sqlite3.Row | None:
+        q = "SELECT * FROM runs WHERE job=? AND outcome != 'running' ORDER BY id DESC LIMIT 1"
+        row: sqlite3.Row | None = self.db.execute(q, (job,)).fetchone()
+        return row
+
+    def last_success(self, job: str) -> sqlite3.Row | None:
+        q = "SELECT * FROM runs WHERE job=? AND outcome='ok' ORDER BY id DESC LIMIT 1"
+        row: sqlite3.Row | None = self.db.execute(q, (job,)).fetchone()
+        return row
+
+    # ------------------------------------------------------------ backups
+
+    def record_backup(self, backup: StoredBackup, s3_state: str = "none") -> None:
+        m = backup.manifest
+        arts = m.get("artifacts", [])
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO backups (job, backup_id, started_at, finished_at, path, bytes,"
+                " raw_bytes, verified, verified_at, s3_state, manifest)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE((SELECT s3_state FROM backups WHERE job=? AND"
+                " backup_id=?), ?), ?)",
+                (
+                    backup.job,
+                    backup.backup_id,
+                    m.get("started_at", ""),
+                    m.get("finished_at"),
+                    str(backup.path),
+                    sum(int(a.get("bytes", 0)) for a in arts),
+                    sum(int(a.get("raw_bytes", 0)) for a in arts),
+                    1 if m.get("verified") else 0,
+                    m.get("finished_at"),
+                    backup.job,
+                    backup.backup_id,
+                    s3_state,
+                    json.dumps(m, sort_keys=True),
+                ),
+            )
+            db.execute("DELETE FROM artifacts WHERE job=? AND backup_id=?", (backup.job, backup.backup_id))
+            for a in arts:
+                db.execute(
+                    "INSERT INTO artifacts (job, backup_id, name, file, format, bytes, raw_bytes, sha256, ok)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        backup.job,
+                        backup.backup_id,
+                        a["name"],
+                        a["file"],
+                        a["format"],
+                        a["bytes"],
+                        a["raw_bytes"],
+                        a["sha256"],
+                        1 if a.get("verification", {}).get("ok") else 0,
+                    ),
+                )
+
+    def backups(self, job: str | None = None, include_deleted: bool = False) -> list[sqlite3.Row]:
+        q = "SELECT * FROM backups WHERE 1=1"
+        args: list[Any] = []
+        if job:
+            q += " AND job=?"
+            args.append(job)
+        if not include_deleted:
+            q += " AND deleted_at IS NULL"
+        q += " ORDER BY job, backup_id"
+        return list(self.db.execute(q, args))
+
+    def backup(self, job: str, backup_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.db.execute(
+            "SELECT * FROM backups WHERE job=? AND backup_id=?", (job, backup_id)
+        ).fetchone()
+        return row
+
+    def set_verified(self, job: str, backup_id: str, ok: bool) -> None:
+        self.db.execute(
+            "UPDATE backups SET verified=?, verified_at=? WHERE job=? AND backup_id=?",
+            (1 if ok else 0, now_iso(), job, backup_id),
+        )
+
+    def set_s3_state(self, job: str, backup_id: str, state: str, error: str | None = None) -> None:
+        self.db.execute(
+            "UPDATE backups SET s3_state=?, s3_checked_at=?, s3_error=? WHERE job=? AND backup_id=?",
+            (state, now_iso(), error, job, backup_id),
+        )
+
+    def set_s3_copied(self, job: str, backup_id: str, checksums: dict[str, str]) -> None:
+        """The copy was uploaded and checked: remember what S3 reported, to re-check it later."""
+        self.db.execute(
+            "UPDATE backups SET s3_state='copied', s3_checked_at=?, s3_error=NULL, s3_checksums=?"
+            " WHERE job=? AND backup_id=?",
+            (now_iso(), json.dumps(checksums, sort_keys=True), job, backup_id),
+        )
+
+    def retention_rows(self, job: str) -> dict[str, tuple[bool, str]]:
+        """backup_id -> (verified, s3_state) for every row of a job; no manifests, so 100k rows stay fast."""
+        q = "SELECT backup_id, verified, s3_state FROM backups WHERE job=?"
+        return {r[0]: (bool(r[1]), r[2]) for r in self.db.execute(q, (job,))}
+
+    def s3_rows(self, job: str | None = None) -> list[sqlite3.Row]:
+        """Rows with a copy in S3 or one owed to it (locally deleted ones included)."""
+        q = "SELECT * FROM backups WHERE s3_state IN ('pending', 'copied', 'failed')"
+        args: list[Any] = []
+        if job:
+            q += " AND job=?"
+            args.append(job)
+        return list(self.db.execute(q + " ORDER BY job, backup_id", args))
+
+    def mark_missing_deleted(self, job: str, present: set[str], reason: str) -> int:
+        """Rows whose directory is gone (a prune killed between rename and catalog update) become deleted."""
+        gone = [
+            r[0]
+            for r in self.db.execute("SELECT backup_id FROM backups WHERE job=? AND deleted_at IS NULL", (job,))
+            if r[0] not in present
+        ]
+        with self.tx() as db:
+            db.executemany(
+                "UPDATE backups SET deleted_at=?, delete_reason=? WHERE job=? AND backup_id=?",
+                [(now_iso(), reason, job, b) for b in gone],
+            )
+        return len(gone)
+
+    def mark_deleted(self, job: str, backup_id: str, reason: str) -> None:
+        self.db.execute(
+            "UPDATE backups SET deleted_at=?, delete_reason=? WHERE job=? AND backup_id=?",
+            (now_iso(), reason, job, backup_id),
+        )
+
+    # ------------------------------------------------------------ drills
+
+    def start_drill(self, job: str, backup_id: str | None) -> int:
+        cur = self.db.execute(
+            "INSERT INTO drills (job, backup_id, started_at, outcome) VALUES (?, ?, ?, 'running')",
+            (job, backup_id, now_iso()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def finish_drill(
+        self,
+        drill_id: int,
+        outcome: str,
+        checks: list[dict[str, Any]] | None = None,
+        restore_seconds: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "UPDATE drills SET finished_at=?, outcome=?, checks=?, restore_seconds=?, error=? WHERE id=?",
+            (now_iso(), outcome, json.dumps(checks or []), restore_seconds, error, drill_id),
+        )
+
+    def last_drill(self, job: str, backup_id: str | None = None) -> sqlite3.Row | None:
+        q = "SELECT * FROM drills WHERE job=? AND outcome != 'running'"
+        args: list[Any] = [job]
+        if backup_id:
+            q += " AND backup_id=?"
+            args.append(backup_id)
+        row: sqlite3.Row | None = self.db.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return row
+
+    # ------------------------------------------------------------ rebuild
+
+    def rebuild(self, store: Store) -> int:
+        """Recreate backups and artifacts from the manifests on disk; runs and drills are kept."""
+        keep_s3 = {
+            (r["job"], r["backup_id"]): r["s3_state"] for r in self.db.execute("SELECT * FROM backups")
+        }
+        keep_sums = {
+            (r["job"], r["backup_id"]): r["s3_checksums"]
+            for r in self.db.execute("SELECT job, backup_id, s3_checksums FROM backups")
+        }
+        with self.tx() as db:
+            db.execute("DELETE FROM artifacts")
+            db.execute("DELETE FROM backups")
+        n = 0
+        for job in store.jobs():
+            for b in store.backups(job):
+                self.record_backup(b, s3_state=keep_s3.get((job, b.backup_id), "none"))
+                if keep_sums.get((job, b.backup_id)):
+                    self.db.execute(
+                        "UPDATE backups SET s3_checksums=? WHERE job=? AND backup_id=?",
+                        (keep_sums[(job, b.backup_id)], job, b.backup_id),
+                    )
+                n += 1
+        return n

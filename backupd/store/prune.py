@@ -1,0 +1,270 @@
+"""Apply the retention policy (backupd.retention.plan) to the local store, the catalog and the S3 copies.
+
+Locally the store decides what exists (the same directories `list` shows) and the catalog supplies what a
+directory cannot say cheaply (verified after a re-check, S3 state). Deletion is store first (rename to a
+`.partial-` name, then remove), catalog second: a prune killed in between leaves a catalog row for a backup
+that is gone, which the next prune (holding the job's lock) marks deleted. Never the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from backupd.errors import BackupdError
+from backupd.fsutil import ensure_private_dir
+from backupd.logs import EventLog
+from backupd.settings import Config, KeepCfg
+from backupd.store.backups import MANIFEST, Store, StoredBackup
+from backupd.store.catalog import Catalog
+from backupd.store.locks import job_lock
+from backupd.store.retention import Backup, Decision, Policy, plan
+from backupd.store.s3 import Bucket, S3Error, error_text
+
+MISSING = "missing from the store (earlier prune interrupted)"
+_ID_RE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
+
+
+def backup_time(backup_id: str) -> datetime | None:
+    """The UTC time in a backup id, or None; 10x faster than strptime, which matters on 100k backups."""
+    m = _ID_RE.fullmatch(backup_id)
+    if m is None:
+        return None
+    try:
+        y, mo, d, h, mi, sec = map(int, m.groups())
+        return datetime(y, mo, d, h, mi, sec, tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+@dataclass
+class PruneRow:
+    """One line of the prune table: where the backup is, what happens to it and why."""
+
+    job: str
+    backup_id: str
+    where: str  # local | s3
+    keep: bool
+    reasons: list[str]
+    done: bool = False  # deleted for real (False on --dry-run and for kept backups)
+    error: str | None = None
+
+    @property
+    def action(self) -> str:
+        if self.keep:
+            return "keep"
+        if self.error:
+            return "FAILED"
+        return "deleted" if self.done else "delete"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "action": self.action}
+
+
+def policy_of(keep: KeepCfg) -> Policy:
+    return Policy(**keep.model_dump())
+
+
+def _local_dirs(store: Store, job: str) -> dict[str, datetime]:
+    """Committed backup ids of a job and their times, from the directory names (no manifest reads)."""
+    d = store.job_dir(job)
+    if not d.is_dir():
+        return {}
+    out = {}
+    with os.scandir(d) as it:
+        for e in it:
+            t = backup_time(e.name)
+            if t is not None and e.is_dir(follow_symlinks=False):
+                out[e.name] = t
+    return out
+
+
+def _read_verified(store: Store, job: str, backup_id: str) -> bool | None:
+    """A manifest's own verified flag; None when it cannot be read (then the backup is never deleted)."""
+    try:
+        return bool(json.loads((store.job_dir(job) / backup_id / MANIFEST).read_text()).get("verified"))
+    except (OSError, ValueError):
+        return None
+
+
+def local_decisions(
+    config: Config, store: Store, catalog: Catalog, job: str, now: datetime | None = None
+) -> list[Decision]:
+    """Decisions for every backup directory of `job`, newest first (pure apart from reading state)."""
+    now = now or datetime.now(UTC)
+    rows = catalog.retention_rows(job)
+    s3_on = config.settings.s3.enabled
+    backups = []
+    for bid, when in _local_dirs(store, job).items():
+        row = rows.get(bid)
+        if row is not None:
+            verified, s3_state = row
+            committed = True
+        else:  # not catalogued (yet): trust only a readable manifest
+            flag = _read_verified(store, job, bid)
+            committed, verified, s3_state = flag is not None, bool(flag), "none"
+        in_s3 = s3_state in ("copied", "pruned")
+        # state "none": made while S3 was off, so never queued for a copy; it must not be kept forever
+        needs_s3 = s3_on and s3_state != "none"
+        backups.append(Backup(bid, when, committed, verified, needs_s3, in_s3))
+    return plan(backups, policy_of(config.retention.local_for(job)), now, config.job_timezone(job))
+
+
+def prune_local(
+    config: Config,
+    store: Store,
+    catalog: Catalog,
+    job: str,
+    events: EventLog,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[PruneRow]:
+    """Plan and (unless dry_run) delete. The caller holds the job's lock when not a dry run."""
+    if not dry_run:
+        store.sweep_partials(job)  # tombstones of an interrupted delete, partials of a killed run
+        n = catalog.mark_missing_deleted(job, set(_local_dirs(store, job)), MISSING)
+        if n:
+            events.event("reconciled", job=job, step="prune", rows=n, reason=MISSING)
+    rows = []
+    for d in local_decisions(config, store, catalog, job, now):
+        row = PruneRow(job, d.backup_id, "local", d.keep, list(d.reasons))
+        rows.append(row)
+        if d.keep or dry_run:
+            continue
+        path = store.job_dir(job) / d.backup_id
+        try:
+            store.delete(StoredBackup(job=job, backup_id=d.backup_id, path=path, manifest={}))
+        except OSError as exc:
+            row.error = f"{exc.strerror or exc} ({path})"
+            events.event("warning", job=job, step="prune", backup_id=d.backup_id, error=row.error)
+            continue
+        catalog.mark_deleted(job, d.backup_id, "; ".join(d.reasons))
+        row.done = True
+        events.event("pruned", job=job, step="prune", backup_id=d.backup_id, where="local")
+    return rows
+
+
+def s3_decisions(
+    config: Config, catalog: Catalog, job: str, remote: dict[tuple[str, str], Any], now: datetime | None = None
+) -> list[Decision]:
+    """Decisions for what is in the bucket for `job` (complete = manifest present; a copy that failed a
+    re-check is counted as unverified, so it is kept for an operator to look at, never silently pruned)."""
+    now = now or datetime.now(UTC)
+    states = catalog.retention_rows(job)
+    backups = []
+    for (j, bid), rb in remote.items():
+        if j != job:
+            continue
+        verified = rb.complete and states.get(bid, (True, "copied"))[1] != "failed"
+        when = backup_time(bid)
+        if when is not None:
+            backups.append(Backup(bid, when, rb.complete, verified, False, False))
+    return plan(backups, policy_of(config.retention.s3_for(job)), now, config.job_timezone(job))
+
+
+def prune_s3(
+    config: Config,
+    catalog: Catalog,
+    job: str,
+    events: EventLog,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    bucket: Any = None,
+) -> list[PruneRow]:
+    """S3 retention over the bucket's listing (not just what the catalog believes)."""
+    bucket = bucket or Bucket(config.settings.s3)
+    try:
+        remote = bucket.list_backups(job)
+    except Exception as exc:
+        raise S3Error(f"listing {bucket.url(bucket.key(job, '')[:-1])}: {error_text(exc)}", job=job) from exc
+    rows = []
+    for d in s3_decisions(config, catalog, job, remote, now):
+        row = PruneRow(job, d.backup_id, "s3", d.keep, list(d.reasons))
+        rows.append(row)
+        if d.keep or dry_run:
+            continue
+        try:
+            bucket.delete_backup(remote[(job, d.backup_id)])
+        except Exception as exc:
+            row.error = error_text(exc) if not isinstance(exc, BackupdError) else str(exc)
+            events.event("warning", job=job, step="s3-prune", backup_id=d.backup_id, error=row.error)
+            continue
+        catalog.set_s3_state(job, d.backup_id, "pruned")
+        row.done = True
+        events.event("pruned", job=job, step="s3-prune", backup_id=d.backup_id, where="s3")
+    return rows
+
+
+def prune_jobs(
+    config: Config, jobs: list[str], events: EventLog, *, dry_run: bool = False, now: datetime | None = None
+) -> tuple[list[PruneRow], list[str]]:
+    """`backupd prune`: each job under its lock (a prune never races a run); returns rows and errors.
+
+    A job that is running right now raises LockedError (exit 75) rather than being skipped silently.
+    """
+    store = Store(config.store_root)
+    rows: list[PruneRow] = []
+    errors: list[str] = []
+    catalog = Catalog(ensure_private_dir(config.state_dir))
+    try:
+        for job in jobs:
+            if dry_run:
+                rows += prune_local(config, store, catalog, job, events, dry_run=True, now=now)
+                rows += _s3_part(config, catalog, job, events, errors, dry_run=True, now=now)
+                continue
+            with job_lock(config.state_dir, job):
+                rows += prune_local(config, store, catalog, job, events, now=now)
+                rows += _s3_part(config, catalog, job, events, errors, dry_run=False, now=now)
+    finally:
+        catalog.close()
+    errors += [f"job {r.job}: prune {r.where} {r.backup_id}: {r.error}" for r in rows if r.error]
+    return rows, errors
+
+
+def _s3_part(
+    config: Config,
+    catalog: Catalog,
+    job: str,
+    events: EventLog,
+    errors: list[str],
+    *,
+    dry_run: bool,
+    now: datetime | None,
+) -> list[PruneRow]:
+    if not config.settings.s3.enabled:
+        return []
+    try:
+        return prune_s3(config, catalog, job, events, dry_run=dry_run, now=now)
+    except BackupdError as exc:
+        errors.append(str(exc))
+        return []
+
+
+def prune_hook(config: Config, name: str, backup: StoredBackup, catalog: Catalog, events: EventLog) -> None:
+    """Runner hook: local retention after a successful run (the runner holds the job's lock)."""
+    try:
+        rows = prune_local(config, Store(config.store_root), catalog, name, events)
+    except (OSError, ValueError) as exc:  # never let a hook turn a committed run into a failed one
+        raise BackupdError(f"job {name}, step prune: {exc}") from exc
+    failed = [r for r in rows if r.error]
+    if failed:
+        raise BackupdError(f"job {name}, step prune: {failed[0].backup_id}: {failed[0].error}")
+
+
+def s3_prune_hook(config: Config, name: str, backup: StoredBackup, catalog: Catalog, events: EventLog) -> None:
+    """Runner hook: S3 retention after the copy and the local prune."""
+    if not config.settings.s3.enabled:
+        return
+    try:
+        rows = prune_s3(config, catalog, name, events)
+    except (OSError, ValueError) as exc:
+        raise BackupdError(f"job {name}, step s3-prune: {exc}") from exc
+    failed = [r for r in rows if r.error]
+    if failed:
+        raise BackupdError(f"job {name}, step s3-prune: {failed[0].backup_id}: {failed[0].error}")

@@ -1,0 +1,135 @@
+"""The architecture as rules a change cannot break silently (docs/architecture.md).
+
+- One source interface: no module outside `backupd/sources/` (and the formats they own) compares a job's
+  type or does an isinstance on a source's job model.
+- No import cycles between modules, and no module importing from a layer above its own.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from backupd.sources import SOURCES, job_models, source_types
+
+PKG = Path(__file__).resolve().parents[2] / "backupd"
+
+# Lower number = lower layer. A module may import its own layer or any lower one, never a higher one.
+LAYERS: dict[str, int] = {
+    "errors": 0, "fsutil": 0, "settings": 0, "schedule": 0, "logs": 0, "__init__": 0,
+    "formats": 1,
+    "engine": 2,
+    "store": 3, "scratch": 3,
+    "sources": 4,
+    "config": 5,
+    "actions": 6,
+    "daemon": 7, "lab": 7,
+    "cli": 8, "__main__": 9,
+}
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG).with_suffix("")
+        name = ".".join(["backupd", *rel.parts])
+        out[name.removesuffix(".__init__")] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else "__init__"
+    return LAYERS[top]
+
+
+def imported(module: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """Every backupd module `module` imports (at any depth of the file: lazy imports count too)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("backupd"):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("backupd")]
+        found |= {n for n in names if n in known and n != module}
+    return found
+
+
+def test_every_layer_is_named() -> None:
+    tops = {m.split(".")[1] for m in modules() if "." in m}
+    assert tops <= set(LAYERS), f"add {sorted(tops - set(LAYERS))} to LAYERS in this test and docs/architecture.md"
+
+
+def test_no_module_outside_sources_branches_on_a_job_type() -> None:
+    types = set(source_types())
+    model_names = {m.__name__ for m in job_models()}
+    hits = []
+    for name, tree in modules().items():
+        if name.startswith(("backupd.sources", "backupd.formats")):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                consts = [o.value for o in operands if isinstance(o, ast.Constant)]
+                consts += [e.value for o in operands if isinstance(o, ast.Tuple | ast.List | ast.Set)
+                           for e in o.elts if isinstance(e, ast.Constant)]
+                if any(c in types for c in consts):
+                    hits.append(f"{name}:{node.lineno} compares a job type")
+            call = node.func if isinstance(node, ast.Call) else None
+            if isinstance(call, ast.Name) and call.id == "isinstance" and any(isinstance(n, ast.Name) and n.id in model_names for n in ast.walk(node)):
+                hits.append(f"{name}:{node.lineno} isinstance on a source's job model")
+            source_import = isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backupd.sources.")
+            if source_import and any(a.name in model_names for a in node.names):  # type: ignore[attr-defined]
+                hits.append(f"{name}:{node.lineno} imports a source's job model")
+    assert hits == []
+
+
+def test_the_check_above_catches_a_branch() -> None:
+    """The rule must be able to fail: a type comparison in a module outside sources/ is found."""
+    tree = ast.parse("def f(job):\n    return job.type == 'redis'\n")
+    compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
+    assert any(isinstance(c, ast.Constant) and c.value in source_types() for n in compares for c in n.comparators)
+
+
+def test_no_import_cycles_and_no_upward_imports() -> None:
+    mods = modules()
+    known = set(mods)
+    graph = {m: imported(m, t, known) for m, t in mods.items()}
+    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps if layer(d) > layer(m)]
+    assert upward == []
+
+    # cycles: a package's __init__ importing its own submodules is how a package exposes them, not a cycle
+    def edges(m: str) -> set[str]:
+        return {d for d in graph[m] if not d.startswith(m + ".")}
+
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(edges(m)):
+            if state.get(d) == 1:
+                cycles.append([*stack[stack.index(d):], d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert cycles == []
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.type)
+def test_each_source_is_complete(source: object) -> None:
+    """Every source declares its type and model, and the model's `type` accepts exactly that name."""
+    from backupd.sources.base import Source
+
+    assert isinstance(source, Source)
+    assert source.model.model_fields["type"].annotation is not str
+    assert source.type in str(source.model.model_fields["type"].annotation)
