@@ -78,7 +78,8 @@ def test_no_module_outside_sources_branches_on_a_job_type() -> None:
                 if any(c in types for c in consts):
                     hits.append(f"{name}:{node.lineno} compares a job type")
             call = node.func if isinstance(node, ast.Call) else None
-            if isinstance(call, ast.Name) and call.id == "isinstance" and any(isinstance(n, ast.Name) and n.id in model_names for n in ast.walk(node)):
+            named = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+            if isinstance(call, ast.Name) and call.id == "isinstance" and named & model_names:
                 hits.append(f"{name}:{node.lineno} isinstance on a source's job model")
             source_import = isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backupd.sources.")
             if source_import and any(a.name in model_names for a in node.names):  # type: ignore[attr-defined]
