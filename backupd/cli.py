@@ -74,7 +74,7 @@ def print_json(value: object) -> None:
 def events_for(config: Any, quiet: bool = False) -> Any:
     from backupd.logs import EventLog
 
-    return EventLog(config.settings.logging.format, quiet=quiet)
+    return EventLog(config.settings.logging.format, quiet=quiet, level=config.settings.logging.level)
 
 
 # ------------------------------------------------------------------ run

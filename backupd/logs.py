@@ -17,12 +17,36 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+# Each event's level; any other event is "info". `[logging] level` drops the events below it.
+EVENT_LEVELS = {
+    "warning": "warning",
+    "missed": "warning",
+    "clock_jump": "warning",
+    "reload_failed": "error",
+    "spawn_failed": "error",
+    "s3_failed": "error",
+    "failed": "error",
+    "kill": "warning",
+}
+
+
+def event_level(event: str, fields: dict[str, Any]) -> str:
+    """An event's level; an `outcome="failed"` or an `error` field makes any event at least a warning."""
+    level = EVENT_LEVELS.get(event, "info")
+    if (fields.get("outcome") == "failed" or fields.get("error")) and LEVELS[level] < LEVELS["warning"]:
+        return "warning"
+    return level
+
 
 class EventLog:
     """One event per line: job, backup_id, step, bytes, duration, outcome and whatever else applies."""
 
-    def __init__(self, fmt: str = "auto", stream: TextIO | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, fmt: str = "auto", stream: TextIO | None = None, quiet: bool = False, level: str = "info"
+    ) -> None:
         self.stream = stream or sys.stdout
+        self.min_level = LEVELS[level]
         tty = self.stream.isatty()
         self.json = fmt == "json" or (fmt == "auto" and not tty)
         self.quiet = quiet
@@ -35,14 +59,17 @@ class EventLog:
     def event(self, event: str, **fields: Any) -> None:
         if self.quiet:
             return
-        record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event}
+        level = event_level(event, fields)
+        if LEVELS[level] < self.min_level:
+            return
+        record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event, "level": level}
         record.update(self.context)
         record.update({k: v for k, v in fields.items() if v is not None})
         if self.json:
             self.stream.write(json.dumps(record, default=str) + "\n")
         else:
             extras = " ".join(
-                f"{k}={v}" for k, v in record.items() if k not in {"ts", "event", "job", "backup_id"}
+                f"{k}={v}" for k, v in record.items() if k not in {"ts", "event", "job", "backup_id", "level"}
             )
             self.stream.write(f"{record.get('job', '')} {event} {extras}".strip() + "\n")
         self.stream.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,16 +48,42 @@ def iso(dt: datetime) -> str:
 
 
 def run_job(config: Config, name: str, trigger: str, events: EventLog, progress: bool = False) -> RunResult:
-    """Run one job to completion; raises LockedError when it is already running, else returns a result."""
+    """Run one job to completion; raises LockedError when it is already running, else returns a result.
+
+    Every failure, an unexpected exception included, is recorded in the catalog when the catalog can be
+    opened, emitted as a `failed` event and returned as a failed result, so `run --all` goes on with the
+    other jobs. Only an interrupt (`Terminated`, KeyboardInterrupt) propagates, after being recorded.
+    """
     job = config.job(name)
-    state = ensure_private_dir(config.state_dir)
-    store = Store(ensure_private_dir(config.store_root))
+    t0 = time.monotonic()
+    events.bind(job=name)
+    try:
+        state = ensure_private_dir(config.state_dir)
+    except OSError as exc:  # no state dir: nothing can be recorded, but the failure is still said
+        return _failed(name, None, exc, "start", t0, events)
     with job_lock(state, name), terminate_on_signals():
-        catalog = Catalog(state)
         try:
-            return _run_locked(config, name, job, trigger, events, progress, store, catalog)
+            catalog = Catalog(state)
+        except (OSError, sqlite3.Error, BackupdError) as exc:
+            return _failed(name, None, exc, "catalog", t0, events)
+        try:
+            return _run_locked(config, name, job, trigger, events, progress, catalog)
         finally:
             catalog.close()
+
+
+def _failed(
+    name: str, recorder: Callable[[str, str, float], None] | None, exc: BaseException, step: str, t0: float,
+    events: EventLog,
+) -> RunResult:
+    """Record (when there is a catalog), emit and return one failure, with its step and one-line error."""
+    msg = _one_line(name, exc, step)
+    failed_step = exc.step if isinstance(exc, StepError) else step
+    duration = time.monotonic() - t0
+    if recorder is not None:
+        recorder(msg, failed_step, duration)
+    events.event("failed", step=failed_step, duration=round(duration, 3), outcome="failed", error=msg)
+    return RunResult(name, False, None, msg, 0, duration)
 
 
 def _run_locked(
@@ -66,21 +93,29 @@ def _run_locked(
     trigger: str,
     events: EventLog,
     progress: bool,
-    store: Store,
     catalog: Catalog,
 ) -> RunResult:
     catalog.mark_abandoned_runs(name)
-    for stale in store.sweep_partials(name):
-        events.event("swept", job=name, path=str(stale))
     run_id = catalog.start_run(name, trigger)
     started = datetime.now(UTC)
     t0 = time.monotonic()
-    backup_id, partial = store.new_partial(name, started)
-    events.bind(job=name, backup_id=backup_id)
-    events.event("start", step="start", trigger=trigger, type=job.type)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f"backupd-{name}-", dir=ensure_private_dir(config.state_dir / "tmp")))
-    step = "dump"
+
+    def record(msg: str, step: str, duration: float) -> None:
+        catalog.finish_run(run_id, "failed", error=msg, step=step, duration=duration)
+
+    store = Store(config.store_root)
+    partial: Path | None = None
+    tmp_dir: Path | None = None
+    step = "start"
     try:
+        ensure_private_dir(config.store_root)
+        for stale in store.sweep_partials(name):
+            events.event("swept", job=name, path=str(stale))
+        backup_id, partial = store.new_partial(name, started)
+        events.bind(job=name, backup_id=backup_id)
+        events.event("start", step="start", trigger=trigger, type=job.type)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f"backupd-{name}-", dir=ensure_private_dir(config.state_dir / "tmp")))
+        step = "dump"
         with ByteProgress(progress and events.tty) as bar:
             ctx = DumpContext(
                 job_name=name,
@@ -117,28 +152,38 @@ def _run_locked(
         duration = time.monotonic() - t0
         catalog.finish_run(run_id, "ok", backup_id=backup_id, nbytes=total, duration=duration)
         events.event("committed", step="commit", bytes=total, duration=round(duration, 3), outcome="ok")
-    except (BackupdError, OSError, Terminated) as exc:
-        store.discard(partial)
-        msg = _one_line(name, exc, step)
-        duration = time.monotonic() - t0
-        failed_step = exc.step if isinstance(exc, StepError) else step
-        catalog.finish_run(run_id, "failed", error=msg, step=failed_step, duration=duration)
-        events.event("failed", step=failed_step, duration=round(duration, 3), outcome="failed", error=msg)
-        if isinstance(exc, Terminated):
-            raise
-        return RunResult(name, False, None, msg, 0, duration)
-    except BaseException:
-        store.discard(partial)
-        catalog.finish_run(run_id, "failed", error="internal error (see --debug)", step=step)
+    except (BackupdError, OSError) as exc:
+        _discard(store, partial)
+        return _failed(name, record, exc, step, t0, events)
+    except (Terminated, KeyboardInterrupt) as exc:
+        _discard(store, partial)
+        _failed(name, record, exc, step, t0, events)
         raise
+    except Exception as exc:  # a bug: recorded with its type, the other jobs of `run --all` still run
+        _discard(store, partial)
+        return _failed(name, record, InternalError(exc), step, t0, events)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     # The backup is committed and the run recorded as ok: nothing after this point can undo that.
     try:
         after_commit(config, name, stored, catalog, events)
     except Terminated as exc:
         events.event("warning", step="after commit", error=f"{exc}: S3 copy and pruning resume on the next run")
     return RunResult(name, True, backup_id, None, total, duration, final)
+
+
+class InternalError(BackupdError):
+    """An unexpected exception, kept as its type and message (the traceback goes to the debug log)."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(f"internal error: {type(exc).__name__}: {exc}")
+        self.__cause__ = exc
+
+
+def _discard(store: Store, partial: Path | None) -> None:
+    if partial is not None:
+        store.discard(partial)
 
 
 def _one_line(job: str, exc: BaseException, step: str) -> str:
@@ -149,7 +194,7 @@ def _one_line(job: str, exc: BaseException, step: str) -> str:
         where = f" ({exc.filename})" if exc.filename else ""
         text = f"job {job}, step {step}: {what}{where}"
     else:
-        text = f"job {job}, step {step}: {exc}"
+        text = f"job {job}, step {step}: {exc or type(exc).__name__}"
     return " ".join(text.split())
 
 

@@ -634,5 +634,5 @@ def upcoming(config: Config, job: str | None, count: int, after: datetime) -> li
 
 
 def run_daemon(config: Config) -> int:
-    events = EventLog(config.settings.logging.format)
+    events = EventLog(config.settings.logging.format, level=config.settings.logging.level)
     return Daemon(config, events).run()

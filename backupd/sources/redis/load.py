@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from backupd.engine.compression import iter_chunks, open_decompressed
 from backupd.errors import BackupdError
+from backupd.fsutil import FILE_MODE
 from backupd.scratch.redis import Redis
 from backupd.sources.base import (
     Check,
@@ -30,15 +31,17 @@ def write_rdb(path: Path, dest_dir: Path, *, yes: bool, progress: Progress = no_
     if final.exists() and not yes:
         raise BackupdError(f"restore: {final} exists; use --yes to replace it")
     tmp = dest_dir / ".dump.rdb.restoring"
+    tmp.unlink(missing_ok=True)  # a leftover could have looser permissions: never write into it
     try:
         _, stream = open_decompressed(path)
-        with stream, tmp.open("wb") as fh:
+        # 0600 from the first byte: the RDB holds every value of the database
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with stream, os.fdopen(fd, "wb") as fh:
             for chunk in iter_chunks(stream):
                 fh.write(chunk)
                 progress(len(chunk))
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
         os.rename(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
