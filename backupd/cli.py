@@ -152,6 +152,13 @@ def _backup_rows(config: Any, job: str | None) -> list[dict[str, Any]]:
                         "path": str(b.path),
                     }
                 )
+            for broken in store.broken(name):
+                rows.append(
+                    {"job": name, "backup_id": broken.backup_id, "bytes": None, "verified": False, "s3": "unknown",
+                     "drilled": None, "drilled_at": None, "trigger": None, "finished_at": None,
+                     "path": str(broken.path), "broken": broken.reason}
+                )
+            rows.sort(key=lambda r: (r["job"], r["backup_id"]))
         return rows
     finally:
         catalog.close()
@@ -176,7 +183,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 r["job"],
                 r["backup_id"],
                 human_bytes(r["bytes"]),
-                "yes" if r["verified"] else "NO",
+                "BROKEN" if r.get("broken") else "yes" if r["verified"] else "NO",
                 r["s3"],
                 r["drilled"] or "-",
             ]
@@ -240,12 +247,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
-    from backupd.store.backups import Store, is_backup_id, reading
+    from backupd.store.backups import MANIFEST, BrokenBackup, Store, is_backup_id, reading
     from backupd.store.verify import verify_backup
 
     config = load(args)
     store = Store(config.store_root)
     targets = []
+    broken: list[BrokenBackup] = []
     names = args.targets or sorted(set(store.jobs()) | set(config.jobs))
     for t in names:
         if is_backup_id(t):
@@ -254,9 +262,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if t not in config.jobs and t not in store.jobs():
                 config.job(t)
             targets.extend(store.backups(t))
+            broken.extend(store.broken(t))
     catalog = _catalog(config)
-    report = []
+    report: list[dict[str, Any]] = []
     try:
+        for k in broken:  # an unreadable manifest is a failed verification, never skipped
+            catalog.set_verified(k.job, k.backup_id, False)
+            problem = {"artifact": MANIFEST, "ok": False, "problems": [k.reason]}
+            report.append({"job": k.job, "backup_id": k.backup_id, "ok": False, "artifacts": [problem]})
         for b in targets:
             try:
                 with reading(b):  # a prune meanwhile keeps it rather than pull files from under us

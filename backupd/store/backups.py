@@ -58,6 +58,16 @@ class StoredBackup:
         return bool(self.manifest.get("verified"))
 
 
+@dataclass(frozen=True)
+class BrokenBackup:
+    """A committed backup directory whose manifest cannot be read: it can be neither trusted nor restored."""
+
+    job: str
+    backup_id: str
+    path: Path
+    reason: str
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -115,12 +125,29 @@ class Store:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def backups(self, job: str) -> list[StoredBackup]:
-        """Committed backups of a job, oldest first. Unreadable manifests are skipped (verify reports them)."""
-        out = []
+        """Committed backups of a job with a readable manifest, oldest first (`broken()` lists the others)."""
+        return [b for b in self.scan(job) if isinstance(b, StoredBackup)]
+
+    def broken(self, job: str) -> list[BrokenBackup]:
+        """Backup directories whose manifest is missing or unreadable: shown, never verified, never deleted."""
+        return [b for b in self.scan(job) if isinstance(b, BrokenBackup)]
+
+    def scan(self, job: str) -> list[StoredBackup | BrokenBackup]:
+        """Every directory named like a backup id, oldest first, read or found broken.
+
+        Other directories under a job (a PITR log archive, say) are not backups and are not listed."""
+        out: list[StoredBackup | BrokenBackup] = []
         for path in self._backup_dirs(job):
             try:
                 manifest = json.loads((path / MANIFEST).read_text())
-            except (OSError, ValueError):
+                if not isinstance(manifest, dict):
+                    raise ValueError("not a JSON object")
+            except FileNotFoundError:
+                out.append(BrokenBackup(job, path.name, path, f"{MANIFEST} is missing"))
+                continue
+            except (OSError, ValueError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
+                out.append(BrokenBackup(job, path.name, path, f"{MANIFEST} is unreadable ({why})"))
                 continue
             out.append(StoredBackup(job=job, backup_id=path.name, path=path, manifest=manifest))
         return out

@@ -101,11 +101,12 @@ def local_decisions(
     backups = []
     for bid, when in _local_dirs(store, job).items():
         row = rows.get(bid)
+        flag = _read_verified(store, job, bid)  # None: the manifest is unreadable, so it is never verified
         if row is not None:
             verified, s3_state = row
+            verified = bool(verified) and bool(flag)
             committed = True
         else:  # not catalogued (yet): trust only a readable manifest
-            flag = _read_verified(store, job, bid)
             committed, verified, s3_state = flag is not None, bool(flag), "none"
         in_s3 = s3_state in ("copied", "pruned")
         # state "none": made while S3 was off, so never queued for a copy; it must not be kept forever
