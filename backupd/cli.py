@@ -265,6 +265,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             broken.extend(store.broken(t))
     catalog = _catalog(config)
     report: list[dict[str, Any]] = []
+    buckets: dict[str, Any] = {}  # one S3 client for every verdict this run mirrors
     try:
         for k in broken:  # an unreadable manifest is a failed verification, never skipped
             catalog.set_verified(k.job, k.backup_id, False)
@@ -278,8 +279,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"backupd: verify: {exc}", file=sys.stderr)
                 continue
             ok = all(a["ok"] for a in arts)
+            problems = [f"{a['artifact']}: {p}" for a in arts for p in a["problems"]]
+            store.record_verdict(b, "local", ok, "full", problems)  # the store holds the verdict
             catalog.set_verified(b.job, b.backup_id, ok)
             report.append({"job": b.job, "backup_id": b.backup_id, "ok": ok, "artifacts": arts})
+            _mirror_verdict(config, catalog, b, buckets)
     finally:
         catalog.close()
     bad = [r for r in report if not r["ok"]]
@@ -303,6 +307,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.s3:
         rc = max(rc, _verify_s3(config, sorted({b.job for b in targets} if args.targets else names), args.json))
     return rc
+
+
+def _mirror_verdict(config: Any, catalog: Any, backup: Any, buckets: dict[str, Any]) -> None:
+    """Put the backup's verdict beside its S3 copy, so a rebuild from the bucket keeps it; a failure is a
+    warning (the local verdict stands, and the next verify or copy tries again)."""
+    from backupd.store.s3 import Bucket, error_text
+
+    row = catalog.backup(backup.job, backup.backup_id)
+    if not config.settings.s3.enabled or row is None or row["s3_state"] != "copied":
+        return
+    try:
+        if "s3" not in buckets:
+            buckets["s3"] = Bucket(config.settings.s3)
+        buckets["s3"].put_verdict(backup)
+    except Exception as exc:  # boto3/botocore errors: one line, never a failed verify
+        print(f"backupd: verify {backup.job}/{backup.backup_id}: verdict not copied to S3: {error_text(exc)}",
+              file=sys.stderr)
 
 
 def _verify_s3(config: Any, jobs: list[str], as_json: bool) -> int:

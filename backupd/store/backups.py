@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from backupd.fsutil import DIR_MODE, ensure_private_dir, fsync_dir, write_privat
 PARTIAL_PREFIX = ".partial-"
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 MANIFEST = "manifest.json"
+VERDICT = "verification.json"  # the last re-verification, beside the manifest (docs/operations.md)
 
 
 def make_backup_id(when: datetime) -> str:
@@ -53,9 +54,30 @@ class StoredBackup:
     def size(self) -> int:
         return sum(int(a.get("bytes", 0)) for a in self.manifest.get("artifacts", []))
 
+    verdict: dict[str, Any] = field(default_factory=dict)  # VERDICT's content: {"local": {...}, "s3": {...}}
+
     @property
     def verified(self) -> bool:
-        return bool(self.manifest.get("verified"))
+        """Verified at commit and not failed by a later `verify` (the store holds both, so a catalog rebuild
+        can never turn a backup found bad back into a good one)."""
+        return bool(self.manifest.get("verified")) and self.verdict.get("local", {}).get("ok") is not False
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_verdict(path: Path) -> dict[str, Any]:
+    """A backup's recorded verifications; an unreadable record counts as a failed one, never as none."""
+    try:
+        verdict = json.loads((path / VERDICT).read_text())
+        if not isinstance(verdict, dict):
+            raise ValueError("not a JSON object")
+        return verdict
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return {"local": {"ok": False, "level": "record", "problems": [f"{VERDICT} is unreadable"]}}
 
 
 @dataclass(frozen=True)
@@ -149,8 +171,22 @@ class Store:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
                 out.append(BrokenBackup(job, path.name, path, f"{MANIFEST} is unreadable ({why})"))
                 continue
-            out.append(StoredBackup(job=job, backup_id=path.name, path=path, manifest=manifest))
+            out.append(StoredBackup(job, path.name, path, manifest, read_verdict(path)))
         return out
+
+    def record_verdict(
+        self, backup: StoredBackup, where: str, ok: bool, level: str, problems: list[str]
+    ) -> dict[str, Any]:
+        """Record one verification of `backup` (`where`: "local" or "s3") in the store, atomically.
+
+        A later good verification replaces a failed one, so a repaired backup counts again."""
+        verdict = {**backup.verdict, where: {"ok": ok, "level": level, "at": _now(), "problems": problems[:5]}}
+        tmp = backup.path / f".{VERDICT}.tmp"
+        write_private_file(tmp, json.dumps(verdict, indent=2, sort_keys=True).encode() + b"\n")
+        os.replace(tmp, backup.path / VERDICT)
+        fsync_dir(backup.path)
+        backup.verdict = verdict
+        return verdict
 
     def _backup_dirs(self, job: str) -> Iterator[Path]:
         d = self.job_dir(job)

@@ -19,7 +19,7 @@ from backupd.errors import BackupdError
 from backupd.fsutil import ensure_private_dir
 from backupd.logs import EventLog
 from backupd.settings import Config, KeepCfg
-from backupd.store.backups import MANIFEST, Store, StoredBackup
+from backupd.store.backups import MANIFEST, Store, StoredBackup, read_verdict
 from backupd.store.catalog import Catalog
 from backupd.store.locks import job_lock
 from backupd.store.retention import Backup, Decision, Policy, plan
@@ -84,11 +84,14 @@ def _local_dirs(store: Store, job: str) -> dict[str, datetime]:
 
 
 def _read_verified(store: Store, job: str, backup_id: str) -> bool | None:
-    """A manifest's own verified flag; None when it cannot be read (then the backup is never deleted)."""
+    """Verified at commit and by the last recorded verification; None when the manifest cannot be read (then
+    the backup is never deleted)."""
+    path = store.job_dir(job) / backup_id
     try:
-        return bool(json.loads((store.job_dir(job) / backup_id / MANIFEST).read_text()).get("verified"))
+        manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    return StoredBackup(job, backup_id, path, manifest, read_verdict(path)).verified
 
 
 def local_decisions(

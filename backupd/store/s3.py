@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from backupd.errors import BackupdError, StepError
 from backupd.logs import EventLog
 from backupd.settings import Config, S3Cfg
-from backupd.store.backups import MANIFEST, Store, StoredBackup, is_backup_id, reading
+from backupd.store.backups import MANIFEST, VERDICT, Store, StoredBackup, is_backup_id, reading
 from backupd.store.catalog import Catalog
 
 if TYPE_CHECKING:
@@ -246,6 +246,32 @@ class Bucket:
         data: dict[str, Any] = json.loads(body.read())
         return data
 
+    def put_verdict(self, backup: StoredBackup) -> None:
+        """Mirror a backup's recorded verifications next to its manifest in the bucket, so a catalog rebuilt
+        from S3 alone keeps a verdict of "bad" (docs/operations.md)."""
+        data = json.dumps(backup.verdict, indent=2, sort_keys=True).encode() + b"\n"
+        digest = hashlib.sha256(data).hexdigest()
+        key = self.key(backup.job, backup.backup_id, VERDICT)
+        self.client.put_object(Bucket=self.name, Key=key, Body=data, **self._extra_args(digest))
+
+    def read_verdict(self, job: str, backup_id: str) -> dict[str, Any]:
+        """The verdict object of a backup, {} when there is none; unreadable counts as failed."""
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.name, Key=self.key(job, backup_id, VERDICT))["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return {}
+            raise
+        try:
+            data = json.loads(body.read())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return data
+        except ValueError:
+            return {"local": {"ok": False, "level": "record", "problems": [f"{VERDICT} is unreadable"]}}
+
     def delete_backup(self, rb: RemoteBackup) -> None:
         """Manifest first, so an interrupted delete leaves an incomplete (never counted) backup."""
         manifest = [k for k in rb.keys if k.endswith("/" + MANIFEST)]
@@ -310,6 +336,8 @@ def copy_backup(bucket: Bucket, backup: StoredBackup) -> dict[str, str]:
         if problems:
             raise S3Error(f"copy of {bid} failed its check: {problems[0]}", job=job)
         sums[MANIFEST] = reported
+        if backup.verdict:
+            bucket.put_verdict(backup)
         return sums
     except S3Error:
         raise
@@ -504,7 +532,8 @@ def rebuild_from_s3(config: Config, catalog: Catalog, bucket: Bucket | None = No
         path = local.path if local is not None else Path(bucket.url(bucket.key(job, bid)))
         row = catalog.backup(job, bid)
         if row is None:
-            catalog.record_backup(StoredBackup(job=job, backup_id=bid, path=path, manifest=manifest), s3_state="copied")
+            verdict = local.verdict if local is not None else bucket.read_verdict(job, bid)
+            catalog.record_backup(StoredBackup(job, bid, path, manifest, verdict), s3_state="copied")
             if local is None:  # Path() would fold "s3://" to "s3:/": store the URL as written
                 url = bucket.url(bucket.key(job, bid))
                 catalog.db.execute("UPDATE backups SET path=? WHERE job=? AND backup_id=?", (url, job, bid))
