@@ -228,6 +228,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"verified {'yes' if b.verified else 'NO'}   s3 {info['s3']}")
     if drill is not None:
         print(f"drill    {drill['outcome']} at {drill['finished_at']}")
+    for where, v in sorted(b.verdict.items()):
+        print(f"checked  {where}: {'ok' if v.get('ok') else 'FAILED'} ({v.get('level')}) at {v.get('at')}")
+    for w in m.get("warnings", []):
+        print(f"warning  {w}")
     for a in m.get("artifacts", []):
         v = a.get("verification", {})
         print(
@@ -553,6 +557,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for j in jobs:
             if j["last_run_outcome"] == "failed" and j["last_run_error"]:
                 print(f"{j['job']}: last run failed: {j['last_run_error']}")
+            for w in j["last_backup_warnings"]:
+                print(f"{j['job']}: warning: {w}")
             if j["last_drill_outcome"] == "failed" and j["last_drill_error"]:
                 print(f"{j['job']}: last drill failed: {j['last_drill_error']}")
     if overdue:

@@ -143,6 +143,7 @@ def _run_locked(
             "backup_host": socket.gethostname(),
             "source": facts,
             "artifacts": [a.to_manifest() for a in ctx.artifacts],
+            "warnings": ctx.warnings,
             "verified": True,
         }
         final = store.commit(name, backup_id, partial, manifest)

@@ -9,6 +9,7 @@ would be coalesced with the next fire anyway), plus the scheduler's jitter.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,7 @@ class JobStatus:
     last_success_age_seconds: float | None = None
     last_backup_id: str | None = None
     last_backup_bytes: int | None = None
+    last_backup_warnings: list[str] = field(default_factory=list)  # e.g. content the backup does not hold
     last_success_duration: float | None = None
     last_run_at: datetime | None = None
     last_run_outcome: str | None = None
@@ -108,6 +110,9 @@ def job_status(config: Config, catalog: Catalog, name: str, now: datetime) -> Jo
         st.last_backup_id = ok["backup_id"]
         st.last_backup_bytes = ok["bytes"]
         st.last_success_duration = _duration(ok)
+        row = catalog.backup(name, ok["backup_id"]) if ok["backup_id"] else None
+        if row is not None and row["manifest"]:
+            st.last_backup_warnings = list(json.loads(row["manifest"]).get("warnings", []))
         if st.last_success_at is not None:
             st.last_success_age_seconds = max(0.0, (now - st.last_success_at).total_seconds())
     last = catalog.last_run(name)

@@ -53,15 +53,22 @@ def rsync_link_options(ssh: SSHCfg) -> list[str]:
     return [f"--bwlimit={ssh.bwlimit}"] if ssh.bwlimit else []
 
 
-def rsync_argv(ssh: SSHCfg | None, source: str, dest: Path, exclude: Sequence[str] = ()) -> list[str]:
+def rsync_argv(
+    ssh: SSHCfg | None, source: str, dest: Path, exclude: Sequence[str] = (), keep: Sequence[str] = ()
+) -> list[str]:
     """rsync of `source` (a directory on the SSH host, or local without ssh) into the mirror `dest`.
 
     `-a --delete` makes the mirror an exact copy so each run transfers only what changed; the trailing
-    slashes copy the directory's content, not the directory itself.
+    slashes copy the directory's content, not the directory itself. Devices, fifos and sockets are skipped
+    (a restore refuses them) and named on stdout (`--info=skip1`). `keep` paths are left out of this
+    transfer and protected from its deletions: a second rsync fills them (followed symlinks).
     """
-    argv = ["rsync", "-a", "--delete", "--delete-excluded", "--numeric-ids", "--stats"]
+    argv = ["rsync", "-a", "--no-devices", "--no-specials", "--info=skip1", "--delete", "--delete-excluded",
+            "--numeric-ids", "--stats"]
     for pattern in exclude:
         argv.append(f"--exclude={pattern}")
+    for path in keep:
+        argv += [f"--filter=P /{path}", f"--exclude=/{path}"]
     src = source.rstrip("/") + "/"
     if ssh is not None:
         argv += [*rsync_link_options(ssh), "-e", shlex.join(["ssh", *ssh_options(ssh)])]

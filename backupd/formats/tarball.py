@@ -104,6 +104,55 @@ def _unsafe_reasons(name: bytes, kind: str, link: bytes) -> list[str]:
     return reasons
 
 
+class ExtractRule:
+    """Which members a restore refuses: the one rule the check at backup time and restore both apply, so a
+    backup marked verified is one restore accepts (docs/formats.md).
+
+    Symlinks are data and are restored verbatim, whatever they point at. What is refused is a write that
+    would land outside the target: an absolute name or one with '..', a hard link to such a path, and a
+    member whose path goes through a symlink an earlier member created. Devices, fifos and sockets are
+    refused too (the files source excludes them at dump time and lists them in the manifest).
+    """
+
+    def __init__(self) -> None:
+        self.symlinks: set[bytes] = set()
+
+    def problem(self, name: bytes, kind: str, link: bytes = b"") -> str | None:
+        shown = name.decode("utf-8", "replace")
+        if name.startswith(b"/"):
+            return f"absolute path: {shown}"
+        if b".." in name.split(b"/"):
+            return f"'..' in path: {shown}"
+        if kind == "o":
+            return f"device, fifo or socket: {shown}"
+        path = _normalize(name)
+        if kind == "h":
+            if link.startswith(b"/") or b".." in link.split(b"/"):
+                return f"hard link points outside the archive: {shown} -> {link.decode('utf-8', 'replace')}"
+            through = self._through_symlink(_normalize(link) + b"/x")
+            if through is not None:
+                return f"hard link goes through the symlink {through}: {shown}"
+        through = self._through_symlink(path)
+        if through is not None:
+            return f"path goes through the symlink {through}: {shown}"
+        if kind == "l":
+            self.symlinks.add(path)
+        return None
+
+    def _through_symlink(self, path: bytes) -> str | None:
+        while b"/" in path:
+            path = path.rsplit(b"/", 1)[0]
+            if path in self.symlinks:
+                return path.decode("utf-8", "replace")
+        return None
+
+
+def links_outside(name: bytes, link: bytes) -> bool:
+    """A symlink whose target is absolute or climbs out of the tree: its content is not in the backup."""
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(_normalize(name)), link))
+    return link.startswith(b"/") or target == b".." or target.startswith(b"../")
+
+
 def _digest_lines(records: dict[bytes, _Record]) -> str:
     digest = hashlib.sha256()
     for path in sorted(records):
@@ -179,6 +228,8 @@ class TarChecker(FormatChecker):
         self._pending: dict[str, bytes] = {}  # from 'L', 'K', 'x' for the next entry
         self._global: dict[str, bytes] = {}  # from 'g'
         self._formats: set[str] = set()
+        self._rule = ExtractRule()
+        self._links_outside = 0
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -227,7 +278,7 @@ class TarChecker(FormatChecker):
             errors.append(self._truncation())
         stats = self._tally.stats()
         warnings = self._warnings + stats["unsafe"]
-        facts: dict[str, Any] = {"formats": sorted(self._formats)}
+        facts: dict[str, Any] = {"formats": sorted(self._formats), "links_outside": self._links_outside}
         return CheckResult(
             format=self.format, ok=not errors, errors=errors, warnings=warnings, stats=stats, facts=facts
         )
@@ -321,6 +372,12 @@ class TarChecker(FormatChecker):
             return
         elif letter == "o" and kind not in _NO_DATA:
             self._warn(f"unknown entry type {kind!r} at offset {offset}: counted as other")
+        refused = self._rule.problem(name, letter, link)
+        if refused is not None:
+            self._fail(f"{refused}: restore would refuse this member")
+            return
+        if letter == "l" and links_outside(name, link):
+            self._links_outside += 1
         self._entry = (name, letter, size, link)
         self._entry_offset = offset
         self._hasher = hashlib.sha256() if letter == "f" else None

@@ -51,6 +51,12 @@ class DumpContext:
     progress: ByteProgress
     artifacts: list[ArtifactResult] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # go into the manifest; `show` and `status` show them
+
+    def warn(self, message: str, **fields: Any) -> None:
+        """Something an operator must know about a good backup (content it does not hold, say)."""
+        self.warnings.append(message)
+        self.events.event("warning", message=message, **fields)
 
     def artifact(self, name: str, fmt: str, ext: str, checker: FormatChecker | None) -> ArtifactWriter:
         """A raw writer; most sources want `writing()`, which also judges and registers the result."""

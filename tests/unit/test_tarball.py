@@ -209,12 +209,12 @@ def test_pax_size_overrides_header_size() -> None:
     assert result.stats["bytes"] == 1000 and result.stats["files"] == 1
 
 
-def test_unsafe_members_are_flagged_not_failed() -> None:
+def test_outward_symlinks_are_data_and_counted() -> None:
+    """Symlinks are restored verbatim, whatever they point at: the check accepts them, lists them as
+    pointing outside (their content is not in the backup) and counts them in the facts."""
     data = crafted(
         tarfile.GNU_FORMAT,
         [
-            member("/etc/cron.d/evil", content=b"* * * * * root sh\n"),
-            member("ok/../../escape.php", content=b"<?php"),
             member("uploads/shell", tarfile.SYMTYPE, link="../../../etc/passwd"),
             member("uploads/abs", tarfile.SYMTYPE, link="/etc/shadow"),
             member("uploads/fine", tarfile.SYMTYPE, link="../uploads"),
@@ -222,15 +222,30 @@ def test_unsafe_members_are_flagged_not_failed() -> None:
     )
     result = check(data)
     assert result.ok, result.errors
-    unsafe = result.stats["unsafe"]
-    assert unsafe == [
-        "absolute path: /etc/cron.d/evil",
-        "'..' in path: ok/../../escape.php",
+    assert result.stats["unsafe"] == [
         "symlink points outside the archive: uploads/shell -> ../../../etc/passwd",
         "symlink points outside the archive: uploads/abs -> /etc/shadow",
     ]
-    assert result.stats["unsafe_count"] == 4
-    assert all(u in result.warnings for u in unsafe)
+    assert result.facts["links_outside"] == 2
+
+
+@pytest.mark.parametrize(
+    ("members", "why"),
+    [
+        ([member("/etc/cron.d/evil", content=b"* * * * * root sh\n")], "absolute path: /etc/cron.d/evil"),
+        ([member("ok/../../escape.php", content=b"<?php")], "'..' in path: ok/../../escape.php"),
+        ([member("x", tarfile.LNKTYPE, link="../../etc/passwd")], "hard link points outside the archive"),
+        ([member("fifo", tarfile.FIFOTYPE)], "device, fifo or socket: fifo"),
+        (
+            [member("up", tarfile.SYMTYPE, link="/var/www"), member("up/shell.php", content=b"<?php")],
+            "path goes through the symlink up: up/shell.php",
+        ),
+    ],
+)
+def test_members_restore_would_refuse_fail_the_check(members: list[tarfile.TarInfo], why: str) -> None:
+    """The check at backup time applies restore's own rule: what restore refuses is never verified."""
+    result = check(crafted(tarfile.GNU_FORMAT, members))
+    assert not result.ok and why in result.errors[0] and "restore would refuse" in result.errors[0]
 
 
 def test_lone_zero_block_followed_by_member_fails() -> None:

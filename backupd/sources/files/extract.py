@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from backupd.engine.compression import open_decompressed
 from backupd.errors import BackupdError, StepError, UsageError
-from backupd.formats.tarball import tree_digest
+from backupd.formats.tarball import ExtractRule, tree_digest
 from backupd.fsutil import ensure_private_dir
 from backupd.sources.base import (
     Check,
@@ -26,40 +27,34 @@ from backupd.sources.base import (
 from backupd.store.backups import StoredBackup
 
 
-def unsafe_member(member: tarfile.TarInfo) -> str | None:
-    """Why a member could write outside the target (absolute, '..', outward link, device), or None."""
-    name = PurePosixPath(member.name)
-    if name.is_absolute() or member.name.startswith("/"):
-        return "absolute path"
-    if ".." in name.parts:
-        return "path with '..'"
-    if member.isdev() or member.isfifo():
-        return "device or fifo"
-    if member.issym() or member.islnk():
-        link = PurePosixPath(member.linkname)
-        if link.is_absolute():
-            return f"link to absolute path {member.linkname}"
-        base = name.parent if member.issym() else PurePosixPath(".")
-        depth = 0
-        for part in (*base.parts, *link.parts):
-            if part == "..":
-                depth -= 1
-            elif part not in (".", ""):
-                depth += 1
-            if depth < 0:
-                return f"link pointing outside ({member.linkname})"
-    return None
+def _kind(member: tarfile.TarInfo) -> str:
+    """The member's type as the tar check names it (f, d, l, h, or o for devices, fifos and the rest)."""
+    if member.isreg():
+        return "f"
+    if member.isdir():
+        return "d"
+    if member.issym():
+        return "l"
+    if member.islnk():
+        return "h"
+    return "o"
+
+
+def refused(member: tarfile.TarInfo, rule: ExtractRule) -> str | None:
+    """The backup-time check's own rule (formats.tarball.ExtractRule), applied to a member tarfile read."""
+    return rule.problem(os.fsencode(member.name), _kind(member), os.fsencode(member.linkname))
 
 
 def scan_tar(path: Path) -> list[str]:
-    """One streaming pass over the listing: every unsafe member, so nothing is written if any is found."""
+    """One streaming pass over the listing: every refused member, so nothing is written if any is found."""
     problems = []
+    rule = ExtractRule()
     _, stream = open_decompressed(path)
     with stream, tarfile.open(fileobj=stream, mode="r|") as tf:
         for member in tf:
-            why = unsafe_member(member)
+            why = refused(member, rule)
             if why:
-                problems.append(f"{member.name}: {why}")
+                problems.append(why)
     return problems
 
 
@@ -82,8 +77,13 @@ def extract_tar(path: Path, dest: Path, *, yes: bool, progress: Progress = no_pr
     _, stream = open_decompressed(path)
     with stream, tarfile.open(fileobj=stream, mode="r|") as tf:
 
+        rule = ExtractRule()  # applied again while extracting: the listing cannot change between passes unseen
+
         def members() -> Iterator[tarfile.TarInfo]:
             for m in tf:
+                why = refused(m, rule)
+                if why:
+                    raise StepError("restore", f"{path.name}: unsafe member {why}")
                 if m.isfile():
                     counts["files"] += 1
                     counts["bytes"] += m.size
@@ -95,7 +95,9 @@ def extract_tar(path: Path, dest: Path, *, yes: bool, progress: Progress = no_pr
                 yield m
 
         try:
-            tf.extractall(dest, members=members(), filter="data")
+            # symlinks are restored verbatim, as tar and rsync do; the "tar" filter still refuses any write
+            # whose real path (symlinks resolved) would land outside `dest`
+            tf.extractall(dest, members=members(), filter="tar")
         except tarfile.TarError as exc:
             raise StepError("restore", f"{path.name}: {exc}") from None
     return counts
