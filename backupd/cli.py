@@ -535,7 +535,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from backupd.daemon.status import all_status
 
     config = load(args)
-    jobs = [s.to_json() for s in all_status(config)]
+    jobs = [s.to_json() for s in all_status(config, reconcile=True)]
     overdue = [j["job"] for j in jobs if j["overdue"]]
     if args.json:
         print_json(jobs)

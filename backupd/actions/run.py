@@ -96,6 +96,8 @@ def _run_locked(
     catalog: Catalog,
 ) -> RunResult:
     catalog.mark_abandoned_runs(name)
+    for bid in catalog.reconcile(Store(config.store_root), name, config.settings.s3.enabled):
+        events.event("reconciled", job=name, backup_id=bid, step="start", reason="committed backup had no catalog row")
     run_id = catalog.start_run(name, trigger)
     started = datetime.now(UTC)
     t0 = time.monotonic()

@@ -18,6 +18,7 @@ from typing import Any
 
 from backupd.schedule import Schedule
 from backupd.settings import Config
+from backupd.store.backups import Store
 from backupd.store.catalog import Catalog
 
 MIN_GRACE = timedelta(minutes=15)
@@ -159,11 +160,18 @@ def job_status(config: Config, catalog: Catalog, name: str, now: datetime) -> Jo
     return st
 
 
-def all_status(config: Config, now: datetime | None = None) -> list[JobStatus]:
-    """Every configured job, sorted by name; opens and closes its own catalog connection."""
+def all_status(config: Config, now: datetime | None = None, *, reconcile: bool = False) -> list[JobStatus]:
+    """Every configured job, sorted by name; opens and closes its own catalog connection.
+
+    `reconcile` (the `status` command) first gives committed backups without a catalog row their row; the
+    daemon's frequent calls skip that store scan."""
     now = now or datetime.now(UTC)
     catalog = Catalog(config.state_dir)
     try:
+        if reconcile:
+            store = Store(config.store_root)
+            for name in sorted(config.jobs):
+                catalog.reconcile(store, name, config.settings.s3.enabled)
         return [job_status(config, catalog, name, now) for name in sorted(config.jobs)]
     finally:
         catalog.close()

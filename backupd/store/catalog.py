@@ -321,6 +321,20 @@ class Catalog:
 
     # ------------------------------------------------------------ rebuild
 
+    def reconcile(self, store: Store, job: str, s3_enabled: bool) -> list[str]:
+        """Give every committed backup of `job` that has no row its row, queued for S3 when S3 is on.
+
+        A run renames its backup into place before it writes the row; a failure between the two (a full
+        disk under the state dir, a kill) leaves a good backup that retention and S3 would not know about.
+        Reconciling only adds rows, never deletes anything. Returns the backup ids it added."""
+        known = {r["backup_id"] for r in self.db.execute("SELECT backup_id FROM backups WHERE job=?", (job,))}
+        added = []
+        for backup in store.backups(job):
+            if backup.backup_id not in known:
+                self.record_backup(backup, s3_state="pending" if s3_enabled else "none")
+                added.append(backup.backup_id)
+        return added
+
     def rebuild(self, store: Store) -> int:
         """Recreate backups and artifacts from the manifests on disk; runs and drills are kept."""
         keep_s3 = {
