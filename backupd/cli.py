@@ -456,10 +456,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 @command("catalog")
 def cmd_catalog(args: argparse.Namespace) -> int:
     from backupd.store.backups import Store
+    from backupd.store.locks import all_job_locks
 
     config = load(args)
     if args.catalog_cmd != "rebuild":
         raise UsageError("catalog: use 'catalog rebuild'")
+    jobs = set(config.jobs) | set(Store(config.store_root).jobs())
+    with all_job_locks(config.state_dir, jobs):  # no run, prune or S3 re-copy writes rows meanwhile
+        return _rebuild_catalog(args, config)
+
+
+def _rebuild_catalog(args: argparse.Namespace, config: Any) -> int:
+    from backupd.store.backups import Store
+
     if getattr(args, "from_s3", False):
         from backupd.store.s3 import rebuild_from_s3
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from backupd.errors import LockedError
@@ -28,3 +28,12 @@ def job_lock(state_dir: Path, job: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def all_job_locks(state_dir: Path, jobs: Iterable[str]) -> Iterator[None]:
+    """Every job's run lock at once (`catalog rebuild`): LockedError naming the first job that is running."""
+    with ExitStack() as stack:
+        for job in sorted(set(jobs)):
+            stack.enter_context(job_lock(state_dir, job))
+        yield

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backupd.errors import BackupdError, StepError
+from backupd.errors import BackupdError, LockedError, StepError
 from backupd.logs import EventLog
 from backupd.settings import Config, S3Cfg
 from backupd.store.backups import MANIFEST, VERDICT, Store, StoredBackup, is_backup_id, reading
 from backupd.store.catalog import Catalog
+from backupd.store.locks import job_lock
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -473,9 +474,12 @@ def verify_copies(
                 if local is None:
                     out.append(CopyReport(job, bid, False, "failed", [row["s3_error"] or "no local copy to ship"]))
                     continue
-                try:
-                    with reading(local):
+                try:  # the job's lock: never abort the in-flight uploads of a run of the same job
+                    with job_lock(config.state_dir, job), reading(local):
                         sums = copy_backup(bucket, local)
+                except LockedError:
+                    out.append(CopyReport(job, bid, True, "skipped", ["the job is running; its run ships this copy"]))
+                    continue
                 except S3Error as exc:
                     catalog.set_s3_state(job, bid, "failed", error=exc.reason)
                     out.append(CopyReport(job, bid, False, "failed", [exc.reason]))
