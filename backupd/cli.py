@@ -193,13 +193,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _find_backup(config: Any, backup_id: str) -> Any:
+def _find_backup(config: Any, ref: str) -> Any:
+    """`ID` or `JOB/ID`. An ID two jobs share is refused, never resolved to an arbitrary one."""
     from backupd.store.backups import Store
 
-    b = Store(config.store_root).find(backup_id)
-    if b is None:
+    store = Store(config.store_root)
+    job, _, backup_id = ref.rpartition("/")
+    if job:
+        found = store.find(backup_id, job)
+        if found is None:
+            raise UsageError(f"no committed backup {backup_id!r} of job {job!r}")
+        return found
+    matches = [b for name in store.jobs() if (b := store.find(backup_id, name)) is not None]
+    if not matches:
         raise UsageError(f"no committed backup {backup_id!r}")
-    return b
+    if len(matches) > 1:
+        jobs = ", ".join(b.job for b in matches)
+        raise UsageError(f"backup {backup_id} exists in jobs {jobs}: name one as JOB/{backup_id}")
+    return matches[0]
 
 
 @command("show")
@@ -260,7 +271,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     broken: list[BrokenBackup] = []
     names = args.targets or sorted(set(store.jobs()) | set(config.jobs))
     for t in names:
-        if is_backup_id(t):
+        if is_backup_id(t.rpartition("/")[2]):
             targets.append(_find_backup(config, t))
         else:
             if t not in config.jobs and t not in store.jobs():

@@ -83,6 +83,8 @@ def drill_job(config: Config, name: str, catalog: Catalog) -> DrillReport:
             report.error = f"{bad.check}: expected {bad.expected}, got {bad.actual}"
     except (BackupdError, ScratchError, OSError) as exc:
         report.error = first_line(exc)
+    except Exception as exc:  # a driver error or a bug: a failed drill with its type; the next drills still run
+        report.error = f"internal error: {type(exc).__name__}: {first_line(exc)}"
     except BaseException as exc:  # Terminated / KeyboardInterrupt: record, then keep unwinding
         report.error = f"interrupted: {first_line(exc)}"
         catalog.finish_drill(drill_id, "failed", [asdict(c) for c in report.checks], None, report.error)

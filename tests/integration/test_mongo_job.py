@@ -412,7 +412,9 @@ if rest != expect["args"]:
 data = sys.stdin.buffer.read()
 open(expect["received"], "wb").write(data)
 for ns, n in expect["counts"].items():
-    print("2024-01-01T00:00:00.000+0000\tfinished restoring %s (%d documents, 0 failures)" % (ns, n), file=sys.stderr)
+    bad = expect.get("failures", 0)
+    print("2024-01-01T00:00:00.000+0000\tfinished restoring %s (%d documents, %d failures)" % (ns, n - bad, bad),
+          file=sys.stderr)
 '''
 
 
@@ -454,3 +456,44 @@ def test_restore_with_mongorestore_standin(
         assert (tmp_path / "received.archive").read_bytes() == stream.read()
     some_ns, n = next(iter(counts.items()))
     assert f"{n} copy_{some_ns}" in out and SECRET not in out + err
+
+
+
+def test_mongorestore_failures_fail_the_restore(
+    mongo_factory: Callable[..., MongoServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """mongorestore exits 0 when documents failed to restore (duplicate keys, say): its own failure count
+    makes the restore fail, naming the namespaces."""
+    mongo_server = mongo_factory()
+    counts = seed(mongo_server)
+    rc, job_dir = run_job(tmp_path, {"uri": mongo_server.uri, "engine": "native", "oplog": False})
+    assert rc == 0, capsys.readouterr().err
+    committed(job_dir)
+    target = "mongodb://admin@127.0.0.1:1/?authSource=admin"
+    expect = {
+        "password": SECRET,
+        "received": str(tmp_path / "received.archive"),
+        "counts": {f"copy_{ns}": n for ns, n in counts.items()},
+        "failures": 2,
+        "args": [
+            "--archive", f"--uri={target}", "--drop", "--nsFrom=$db$.$c$", "--nsTo=copy_$db$.$c$", "--oplogReplay"
+        ],
+    }
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "mongorestore"
+    script.write_text(RESTORE_STANDIN.format(python=sys.executable, expect=json.dumps(expect)))
+    script.chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    pw = write_secret(tmp_path / "target.password", SECRET)
+    argv = ["--config", str(tmp_path / "etc" / "backupd.toml"), "restore", "mongo", "--to", target,
+            "--password-file", str(pw), "--yes", "--ns-from", "$db$.$c$", "--ns-to", "copy_$db$.$c$",
+            "--oplog-replay", "--mongorestore"]  # fmt: skip
+    capsys.readouterr()
+    rc = cli_main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 1 and "document(s) failed to restore" in err and "copy_" in err
+    assert "Traceback" not in err and SECRET not in out + err

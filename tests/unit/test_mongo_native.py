@@ -309,3 +309,17 @@ def test_engine_selection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert select_engine(_job()) == ("mongodump", str(tool))
     assert select_engine(_job(engine="native")) == ("native", None)
     assert json.loads(json.dumps(select_engine(_job())))
+
+
+def test_pinning_an_srv_uri_keeps_tls_and_auth_source() -> None:
+    from backupd.sources.mongo.native import direct_uri
+
+    srv = "mongodb+srv://backup@cluster0.example.net/app?retryWrites=true&replicaSet=rs0"
+    assert direct_uri(srv, "db2.example.net:27017", "admin") == (
+        "mongodb://backup@db2.example.net:27017/app?retryWrites=true&tls=true&authSource=admin"
+        "&directConnection=true"
+    )
+    explicit = "mongodb+srv://cluster0.example.net/?tls=false"
+    assert direct_uri(explicit, "h:1") == "mongodb://h:1/?tls=false&directConnection=true"
+    plain = "mongodb://a:1,b:2/app?replicaSet=rs0&readPreference=secondary"
+    assert direct_uri(plain, "b:2", "admin") == "mongodb://b:2/app?directConnection=true"

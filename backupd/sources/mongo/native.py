@@ -156,16 +156,30 @@ def pin_member(client: Client, info: ServerInfo, uri: str, password: str | None)
     """A direct client to the one member the read preference chose, so data and oplog come from it."""
     if not info.replica_set or not info.me or "directconnection=true" in uri.lower():
         return client
-    rest = uri.split("://", 1)[1]
+    credentials = getattr(client.options, "credentials", None)
+    direct = direct_uri(uri, info.me, getattr(credentials, "source", None))
+    pinned = connect(direct, password, "secondaryPreferred")
+    client.close()
+    return pinned
+
+
+def direct_uri(uri: str, member: str, auth_source: str | None = None) -> str:
+    """`uri` pointed at one member (`host:port`) with directConnection=true, keeping its credentials, path
+    and options. A `mongodb+srv://` URI implies TLS and may take authSource from DNS: both are written out,
+    since a plain `mongodb://` URI would silently drop them."""
+    scheme, rest = uri.split("://", 1)
     creds = rest.rsplit("@", 1)[0] + "@" if "@" in rest.split("/", 1)[0] else ""
     tail = rest.split("/", 1)[1] if "/" in rest else ""
     path, _, query = tail.partition("?")
     keep = [p for p in query.split("&") if p and not p.lower().startswith(("replicaset=", "readpreference="))]
+    keys = {p.split("=", 1)[0].lower() for p in keep}
+    if scheme == "mongodb+srv":
+        if not keys & {"tls", "ssl"}:
+            keep.append("tls=true")
+        if auth_source and "authsource" not in keys:
+            keep.append(f"authSource={auth_source}")
     keep.append("directConnection=true")
-    direct = f"mongodb://{creds}{info.me}/{path}?{'&'.join(keep)}"
-    pinned = connect(direct, password, "secondaryPreferred")
-    client.close()
-    return pinned
+    return f"mongodb://{creds}{member}/{path}?{'&'.join(keep)}"
 
 
 # -- namespace patterns -----------------------------------------------------------------------------

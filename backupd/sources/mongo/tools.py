@@ -365,4 +365,25 @@ def run_mongorestore(
         rc, lines, tail = _run_tool(argv, None, feed)
     if rc != 0:
         raise StepError("restore", f"mongorestore exited {rc}: {_failure(tail)}", host=host)
+    failed = restore_failures(lines)
+    if failed:
+        where = ", ".join(f"{ns} ({n})" for ns, n in sorted(failed.items()) if ns)
+        total = sum(failed.values()) if "" not in failed else failed[""]
+        detail = f": {where}" if where else ""
+        raise StepError("restore", f"mongorestore: {total} document(s) failed to restore{detail}", host=host)
     return parse_counts(lines, FINISHED_RESTORING)
+
+
+FAILED_SUMMARY = re.compile(r"(\d+) document\(s\) failed to restore")
+
+
+def restore_failures(lines: Sequence[str]) -> dict[str, int]:
+    """Documents mongorestore could not restore, per namespace ("" for its closing summary): it exits 0
+    with failures unless --stopOnError, so its own count is what tells."""
+    out: dict[str, int] = {}
+    for line in lines:
+        if (m := FINISHED_RESTORING.search(line)) and int(m.group(3)):
+            out[m.group(1)] = int(m.group(3))
+        elif (s := FAILED_SUMMARY.search(line)) and int(s.group(1)):
+            out[""] = int(s.group(1))
+    return out
