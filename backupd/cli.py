@@ -460,6 +460,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             except BackupdError as exc:
                 failed += 1
                 print(f"backupd: {exc}", file=sys.stderr)
+            except Exception as exc:  # a driver error or a bug: one line for this job, the others still checked
+                failed += 1
+                print(f"backupd: job {name}, step connect: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED if failed else EXIT_OK
     return EXIT_OK
 

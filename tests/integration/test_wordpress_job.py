@@ -443,3 +443,21 @@ def test_disk_full_during_the_write(site: Site, mariadb: MariaDB, tiny_disk: Pat
     assert len(line.splitlines()) == 1 and "No space left on device" in line and "job wordpress" in line, line
     assert sorted(p.name for p in (tiny_disk / "wordpress").iterdir()) == before
     assert backupd(cfg, "verify").returncode == 0
+
+
+def test_check_config_connect_reaches_the_database_through_the_ssh_host(site: Site, tmp_path: Path) -> None:
+    """A via_ssh job's database is checked from the SSH host, as the dump reaches it; a wrong password is
+    one line naming the host and the step, and the other jobs are still checked."""
+    ok = backupd(site.config("reach"), "check-config", "--connect")
+    assert ok.returncode == 0, ok.stderr
+    assert "via ssh) server" in ok.stdout and "ssh " in ok.stdout
+    bad_pw = write_secret(tmp_path / "wrong.password", "not the password")
+    cfg = write_config(
+        site.base / "reach-bad",
+        {"good": site.job(), "bad": site.job(mysql={"password_file": str(bad_pw)})},
+    )
+    out = backupd(cfg, "check-config", "--connect")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    [line] = [x for x in out.stderr.splitlines() if x.startswith("backupd:")]
+    assert "step connect" in line and "via ssh" in line and "Access denied" in line
+    assert "good: reachable" in out.stdout

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import fcntl
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from backupd.engine.compression import detect, iter_chunks, open_decompressed
 from backupd.engine.procs import F_SETPIPE_SZ, PIPE_SIZE, drain_lines, find_tool, last_line, run_capture
-from backupd.engine.remote import reach_ssh
+from backupd.engine.remote import connect, reach_ssh, remote_run
 from backupd.errors import BackupdError, StepError, UsageError
 from backupd.fsutil import write_private_file
 from backupd.settings import SSHCfg, read_secret
@@ -278,15 +279,30 @@ def restore_sql_artifacts(
 
 
 def reach_mysql(part: MySQLPart, ssh: SSHCfg | None) -> list[str]:
-    """`check-config --connect`: the SSH host (when there is one) and `SELECT VERSION()` on the server.
-
-    A `via_ssh` server is reached by the dump through the SSH host, so only the SSH leg is checked here."""
+    """`check-config --connect`: the SSH host (when there is one) and `SELECT VERSION()` on the server, from
+    where the dump connects: here, or on the SSH host for `via_ssh` (the option file on the channel's stdin)."""
     details = [reach_ssh(ssh)] if ssh is not None else []
+    opts = option_file_text(part, read_secret(part.password_file)).encode()
+    host = f"{part.host}:{part.port}"
     if part.via_ssh:
-        return details
+        assert ssh is not None  # the job models require [ssh] with via_ssh
+        host = f"{ssh.label} ({host} via ssh)"
+        with connect(ssh) as conn:
+            rc, out, err = remote_run(conn, "command -v mariadb || command -v mysql")
+            client = out.strip().splitlines()[0] if rc == 0 and out.strip() else None
+            if client is None:
+                raise StepError("connect", "no mariadb/mysql client on the SSH host", host=host)
+            rc, out, err = remote_run(conn, shlex.join(version_argv(client, "/dev/stdin")), opts)
+        if rc != 0:
+            raise StepError("connect", last_line(err), host=host)
+        return [*details, f"mysql {host} server {out.strip()}"]
     client = find_client("connect")
     with private_option_file(part, read_secret(part.password_file)) as opt:
-        proc = run_capture([client, f"--defaults-extra-file={opt}", "-N", "-B", "-e", "SELECT VERSION()"], timeout=30)
+        proc = run_capture(version_argv(client, str(opt)), timeout=30)
     if proc.returncode != 0:
-        raise StepError("connect", last_line(proc.stderr), host=f"{part.host}:{part.port}")
-    return [*details, f"mysql {part.host}:{part.port} server {proc.stdout.strip()}"]
+        raise StepError("connect", last_line(proc.stderr), host=host)
+    return [*details, f"mysql {host} server {proc.stdout.strip()}"]
+
+
+def version_argv(client: str, option_file: str) -> list[str]:
+    return [client, f"--defaults-extra-file={option_file}", "-N", "-B", "-e", "SELECT VERSION()"]
