@@ -599,13 +599,19 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 @command("systemd-units")
 def cmd_systemd_units(args: argparse.Namespace) -> int:
-    from backupd.daemon.systemd_units import timer_names, write_units
+    from backupd.daemon.systemd_units import dated_timers, timer_names, write_units
 
     config = load(args)
     out = Path(args.output) if args.output else Path("/etc/systemd/system")
     written = write_units(config, out)
     for path in written:
         print(path)
+    for timer, tz, last in dated_timers(config):
+        print(
+            f"backupd: warning: {timer}: {tz}'s DST changes follow no rule, so its OnCalendar= values for them "
+            f"are dated and cover them until {last}; run `backupd systemd-units` again before {last + 1}",
+            file=sys.stderr,
+        )
     timers = " ".join(timer_names(config))
     print(f"next: systemctl daemon-reload && systemctl enable --now {timers}" if timers else "no enabled jobs")
     return EXIT_OK

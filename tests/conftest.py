@@ -7,9 +7,14 @@ root's grants) -- ask a `*_factory` for instances of your own, which are stopped
 from __future__ import annotations
 
 import multiprocessing
+import os
+import re
+import shutil
 import sqlite3
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -181,3 +186,59 @@ def catalog_backups(tmp_path: Path, job: str = "site") -> dict[str, sqlite3.Row]
         return {r["backup_id"]: r for r in db.execute("SELECT * FROM backups WHERE job=?", (job,))}
     finally:
         db.close()
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_systemd_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (Debian package systemd)"
+)
+# systemd 252 prints "Next elapse:" then "Iter. #N:", newer versions "Iteration #N:"; with a local zone other
+# than UTC each is followed by an "(in UTC):" line. TZ=UTC makes every one of them a UTC time.
+_ELAPSE = re.compile(
+    r"^\s*(?:Next elapse|Iter(?:\.|ation) #\d+|\(in UTC\)):\s+\w{3} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC$"
+)
+
+
+def _calendar_elapses(values: Sequence[str], base: datetime, iterations: int) -> list[list[datetime]]:
+    """`systemd-analyze calendar` (one call): each value's first `iterations` elapses after `base`."""
+    assert SYSTEMD_ANALYZE is not None
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "calendar", f"--iterations={iterations}", f"--base-time=@{int(base.timestamp())}",
+         *values],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "TZ": "UTC"},
+    )
+    assert result.returncode == 0, (values, result.stderr)
+    blocks: list[list[datetime]] = []
+    original = False
+    for line in result.stdout.splitlines():
+        if "Original form:" in line or ("Normalized form:" in line and not original):
+            blocks.append([])
+        original = "Original form:" in line
+        if m := _ELAPSE.match(line):
+            elapse = datetime.fromisoformat(m.group(1)).replace(tzinfo=UTC)
+            if elapse not in blocks[-1]:  # "(in UTC):" repeats the line above it when TZ is not UTC
+                blocks[-1].append(elapse)
+    assert len(blocks) == len(values), result.stdout
+    return blocks
+
+
+def systemd_elapses(values: Sequence[str], base: datetime, count: int) -> list[datetime]:
+    """The first `count` times after `base` a timer with these OnCalendar= values elapses, per systemd itself.
+
+    A timer elapses at the earliest next elapse of any of its values: merge each value's elapses, deduplicate,
+    sort. A value's elapses are known far enough once it has none left or its last known one is past the
+    `count`-th of the merge; only values that are not get asked again, for more (a timer can have dozens of
+    values, most of which elapse once a year).
+    """
+    known = dict(enumerate(_calendar_elapses(values, base, min(count, 4))))
+    asked = dict.fromkeys(known, min(count, 4))
+    while True:
+        merged = sorted({t for elapses in known.values() for t in elapses})
+        cutoff = merged[count - 1] if len(merged) >= count else None
+        short = [i for i, elapses in known.items()
+                 if len(elapses) == asked[i] < count and (cutoff is None or elapses[-1] < cutoff)]
+        if not short:
+            return merged[:count]
+        more = min(count, 4 * max(asked[i] for i in short))
+        for i, elapses in zip(short, _calendar_elapses([values[i] for i in short], base, more), strict=True):
+            known[i], asked[i] = elapses, more

@@ -1,22 +1,29 @@
 """Timer mode: per-job drop-ins for the shipped `backupd-run@` and `backupd-drill@` timer/service templates.
 
 The templates hold everything common (hardening, Persistent=true); a drop-in per job sets only what
-comes from the config: `OnCalendar=` from the job's cron expression (`schedule` for backupd-run@,
-`drill_schedule` for backupd-drill@) and zone (via `schedule.systemd_oncalendar`, so the timer fires at
-the daemon's instants), `RandomizedDelaySec=` from `scheduler.jitter` and `TimeoutStartSec=` from the job's
-`timeout` (the services are Type=oneshot, on which systemd ignores `RuntimeMaxSec=`). Every expression is
-checked before any file is written: a schedule OnCalendar cannot express is refused, naming the job file
-and the key.
+comes from the config: the `OnCalendar=` values of the job's cron expression (`schedule` for backupd-run@,
+`drill_schedule` for backupd-drill@) and zone, `RandomizedDelaySec=` from `scheduler.jitter` and
+`TimeoutStartSec=` from the job's `timeout` (the services are Type=oneshot, on which systemd ignores
+`RuntimeMaxSec=`). Every expression is checked before any file is written: a schedule OnCalendar cannot
+express is refused, naming the job file and the key.
+
+The values come from `schedule.systemd_calendar`: an empty `OnCalendar=` (dropping the template's
+placeholder), then one line per value, so the timer fires at the daemon's instants (`backupd next`) on DST
+change days too, for every schedule and zone. Rule-shaped values (``Sun *-03-25..31 04:00:00 ...``) never
+run out. In a zone whose clock changes follow no rule the values for them are dated: the drop-in says so
+and until when, `dated_timers` lists such timers and `backupd systemd-units` warns about each; run it again
+before that year ends, and after any tzdata update that changes a zone's rules.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from backupd.errors import BackupdError, ConfigError
-from backupd.schedule import systemd_oncalendar
+from backupd.schedule import TimerCalendar, systemd_calendar
 from backupd.settings import Config
 
 HEADER = "# Written by `backupd systemd-units` from {source}; regenerate instead of editing.\n"
@@ -39,23 +46,45 @@ def timer_names(config: Config) -> list[str]:
     return [f"{prefix}@{name}.timer" for prefix, name, _key, _expr in _timer_units(config)]
 
 
-def unit_dropins(config: Config) -> dict[str, str]:
-    """Relative path -> content for every enabled job and its drills; ConfigError on an inexpressible schedule."""
+def _calendars(config: Config, now: datetime | None) -> list[tuple[str, str, str, TimerCalendar]]:
+    """(template prefix, job name, cron expression, calendar) per timer; ConfigError on an inexpressible schedule."""
+    out = []
+    for prefix, name, key, expr in _timer_units(config):
+        try:
+            calendar = systemd_calendar(expr, config.job_timezone(name), now=now)
+        except ValueError as exc:
+            source = config.job_files.get(name, config.path)
+            raise ConfigError(source, key, f"cannot be a systemd timer: {exc}") from None
+        out.append((prefix, name, expr, calendar))
+    return out
+
+
+def unit_dropins(config: Config, now: datetime | None = None) -> dict[str, str]:
+    """Relative path -> content for every enabled job and its drills; ConfigError on an inexpressible schedule.
+
+    ``now`` (default: the current time) is the first year whose DST changes are examined.
+    """
     files: dict[str, str] = {}
     jitter = config.settings.scheduler.jitter
-    for prefix, name, key, expr in _timer_units(config):
+    for prefix, name, expr, calendar in _calendars(config, now):
         job = config.jobs[name]
-        source = config.job_files.get(name, config.path)
-        try:
-            calendar = systemd_oncalendar(expr, config.job_timezone(name))
-        except ValueError as exc:
-            raise ConfigError(source, key, f"cannot be a systemd timer: {exc}") from None
-        head = HEADER.format(source=source)
+        head = HEADER.format(source=config.job_files.get(name, config.path))
+        notes = "".join(f"# {note}\n" for note in calendar.notes)
+        values = "".join(f"OnCalendar={value}\n" for value in calendar.values)
         files[f"{prefix}@{name}.timer.d/schedule.conf"] = (
-            f"{head}[Timer]\n# {expr}\nOnCalendar=\nOnCalendar={calendar}\nRandomizedDelaySec={jitter}s\n"
+            f"{head}[Timer]\n# {expr}\n{notes}OnCalendar=\n{values}RandomizedDelaySec={jitter}s\n"
         )
         files[f"{prefix}@{name}.service.d/timeout.conf"] = f"{head}[Service]\nTimeoutStartSec={job.timeout}s\n"
     return files
+
+
+def dated_timers(config: Config, now: datetime | None = None) -> list[tuple[str, str, int]]:
+    """(timer, zone, last year covered) of the timers with dated values: regenerate them before that year ends."""
+    return [
+        (f"{prefix}@{name}.timer", config.job_timezone(name), calendar.dated_until)
+        for prefix, name, _expr, calendar in _calendars(config, now)
+        if calendar.dated_until is not None
+    ]
 
 
 def write_units(config: Config, out: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """The shipped units pass `systemd-analyze verify` and its offline security check; the timer drop-ins
-written by `backupd systemd-units` (backups and restore drills) fire when the daemon would (checked with
-`systemd-analyze calendar`)."""
+written by `backupd systemd-units` (backups and restore drills) fire when the daemon would, DST change days
+included (all of a drop-in's OnCalendar= values, merged as systemd does, checked with `systemd-analyze
+calendar` against `backupd next`'s own computation)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,27 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from backupd.config import load_config
+from backupd.daemon.scheduler import upcoming
 from backupd.lab.content import write_config
-from backupd.schedule import Schedule
+from tests.conftest import SYSTEMD_ANALYZE, needs_systemd_analyze, systemd_elapses
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
-ANALYZE = shutil.which("systemd-analyze")
-pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (Debian package systemd)")
+pytestmark = needs_systemd_analyze
 MAX_EXPOSURE = 2.0
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
-    assert ANALYZE is not None
-    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60, env={**os.environ, "TZ": "UTC"})
+    assert SYSTEMD_ANALYZE is not None
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, *args], capture_output=True, text=True, timeout=60, env={**os.environ, "TZ": "UTC"}
+    )
 
 
 def installed_copy(tmp_path: Path) -> Path:
@@ -89,18 +93,39 @@ def test_drill_unit_contract() -> None:
     assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer and "WantedBy=timers.target" in timer
 
 
-def _elapses(output: str) -> list[datetime]:
-    found = re.findall(r"(?:Next elapse|Iter\. #\d+): \w{3} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", output)
-    return [datetime.strptime(f, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) for f in found]
+def oncalendar(conf: str) -> list[str]:
+    """A drop-in's OnCalendar= values, after the empty one that drops the template's placeholder."""
+    values = re.findall(r"^OnCalendar=(.*)$", conf, re.M)
+    assert values[0] == "" and "" not in values[1:], conf
+    return values[1:]
+
+
+def assert_fires_like_backupd_next(config: Path, out: Path, prefix: str, bases: list[datetime]) -> None:
+    """Every timer's OnCalendar= values, merged as systemd merges them, elapse at `backupd next`'s times."""
+    loaded = load_config(config)
+    for base in bases:
+        for row in upcoming(loaded, None, 6, base):
+            if row["kind"] != ("backup" if prefix == "backupd-run" else "drill"):
+                continue
+            conf = (out / f"{prefix}@{row['job']}.timer.d" / "schedule.conf").read_text()
+            values = oncalendar(conf)
+            assert systemd_elapses(values, base, 6) == row["times"], (row["job"], base, values)
 
 
 SCHEDULES = {
-    "nightly": ("30 3 * * *", "Europe/Tallinn"),
+    "nightly": ("30 3 * * *", "Europe/Tallinn"),  # in Tallinn's spring gap and autumn's repeated hour
     "quarter": ("*/15 * * * *", "UTC"),
     "weekdays": ("0 22 * * 1-5", "America/New_York"),
     "monthly": ("@monthly", "Asia/Kolkata"),
     "odd": ("5,35 1-23/2 1,15 * *", "Europe/Berlin"),
+    "sunday": ("15 2 * * 0", "Europe/Berlin"),  # weekly, in Berlin's spring gap
+    "hourly": ("0 * * * *", "Australia/Sydney"),
 }
+# A normal week, and a few days before 2027's spring and autumn changes (Europe; Sydney's are in April and
+# October too).
+BASES = [datetime(2026, 6, 10, 12, 0, tzinfo=UTC), datetime(2027, 3, 26, 12, 0, tzinfo=UTC),
+         datetime(2027, 10, 29, 12, 0, tzinfo=UTC), datetime(2027, 4, 2, 12, 0, tzinfo=UTC),
+         datetime(2027, 10, 1, 12, 0, tzinfo=UTC)]
 
 
 def test_systemd_units_command_and_calendar(tmp_path: Path) -> None:
@@ -108,20 +133,43 @@ def test_systemd_units_command_and_calendar(tmp_path: Path) -> None:
             for n, (e, tz) in SCHEDULES.items()}
     config = write_config(tmp_path / "cfg", jobs, settings={"scheduler": {"jitter": "5m"}})
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "backupd", "--config", str(config), "systemd-units", "--output", str(out)],
-        capture_output=True, text=True, timeout=60,
-    )
+    result = systemd_units(config, out)
     assert result.returncode == 0, result.stderr
-    base = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)  # no DST change within the checked runs
-    for name, (expr, tz) in SCHEDULES.items():
+    assert result.stderr == ""  # no dated values: every zone here has rule-shaped changes or none
+    for name, (expr, _tz) in SCHEDULES.items():
         conf = (out / f"backupd-run@{name}.timer.d" / "schedule.conf").read_text()
-        assert "OnCalendar=\n" in conf and "RandomizedDelaySec=300s" in conf
-        calendar = re.findall(r"^OnCalendar=(.+)$", conf, re.M)[0]
-        cal = analyze("calendar", "--iterations=5", f"--base-time={base:%Y-%m-%d %H:%M:%S} UTC", calendar)
-        assert cal.returncode == 0, cal.stderr
-        assert _elapses(cal.stdout) == Schedule.parse(expr, tz).iter_after(base, 5), (name, calendar, cal.stdout)
+        assert f"# {expr}\n" in conf and "RandomizedDelaySec=300s" in conf
         assert "TimeoutStartSec=7200s" in (out / f"backupd-run@{name}.service.d" / "timeout.conf").read_text()
+    nightly = (out / "backupd-run@nightly.timer.d" / "schedule.conf").read_text()
+    assert "OnCalendar=Sun *-03-25..31 04:00:00 Europe/Tallinn\n" in nightly  # the rule-shaped gap end
+    assert "# Europe/Tallinn's clock changes, from tzdata for" in nightly
+    assert oncalendar((out / "backupd-run@quarter.timer.d" / "schedule.conf").read_text()) == [
+        "*-*-* *:00/15:00 UTC"
+    ]
+    assert_fires_like_backupd_next(config, out, "backupd-run", BASES)
+
+
+def test_systemd_units_dated_values_warn(tmp_path: Path) -> None:
+    """Morocco's changes follow Ramadan: dated values, a note in the drop-in and a warning naming the timer."""
+    jobs = {"rabat": {"type": "files", "source": "/srv", "schedule": "30 2 * * *", "timezone": "Africa/Casablanca"},
+            "noon": {"type": "files", "source": "/srv", "schedule": "0 12 * * *", "timezone": "Africa/Casablanca"}}
+    config = write_config(tmp_path / "cfg", jobs)
+    out = tmp_path / "out"
+    result = systemd_units(config, out)
+    assert result.returncode == 0, result.stderr
+    last = datetime.now(UTC).year + 9
+    assert result.stderr.splitlines() == [
+        "backupd: warning: backupd-run@rabat.timer: Africa/Casablanca's DST changes follow no rule, so its "
+        f"OnCalendar= values for them are dated and cover them until {last}; run `backupd systemd-units` again "
+        f"before {last + 1}"
+    ]
+    conf = (out / "backupd-run@rabat.timer.d" / "schedule.conf").read_text()
+    assert "follow no weekday rule" in conf and f"# Run `backupd systemd-units` again before {last + 1}." in conf
+    assert oncalendar((out / "backupd-run@noon.timer.d" / "schedule.conf").read_text()) == [
+        "*-*-* 12:00:00 Africa/Casablanca"
+    ]
+    now = datetime.now(UTC).replace(microsecond=0)
+    assert_fires_like_backupd_next(config, out, "backupd-run", [now, now + timedelta(days=365)])
 
 
 def test_systemd_units_refuses_day_or(tmp_path: Path) -> None:
@@ -146,6 +194,7 @@ def systemd_units(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
 
 DRILLS = {
     "weekly": ("0 5 * * sun", "Europe/Tallinn"),
+    "gap": ("30 2 * * sun", "Europe/Berlin"),
     "quarter": ("*/15 * * * *", "UTC"),
     "monthly": ("@monthly", "America/New_York"),
 }
@@ -164,17 +213,13 @@ def test_drill_timer_dropins(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = systemd_units(config, out)
     assert result.returncode == 0, result.stderr
-    base = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
-    for name, (expr, tz) in DRILLS.items():
+    for name, (expr, _tz) in DRILLS.items():
         conf = (out / f"backupd-drill@{name}.timer.d" / "schedule.conf").read_text()
         assert f"# {expr}\n" in conf and "OnCalendar=\n" in conf and "RandomizedDelaySec=120s" in conf
-        calendar = re.findall(r"^OnCalendar=(.+)$", conf, re.M)[0]
-        cal = analyze("calendar", "--iterations=5", f"--base-time={base:%Y-%m-%d %H:%M:%S} UTC", calendar)
-        assert cal.returncode == 0, cal.stderr
-        assert _elapses(cal.stdout) == Schedule.parse(expr, tz).iter_after(base, 5), (name, calendar, cal.stdout)
         assert "TimeoutStartSec=5400s" in (out / f"backupd-drill@{name}.service.d" / "timeout.conf").read_text()
         run_conf = (out / f"backupd-run@{name}.timer.d" / "schedule.conf").read_text()
         assert "# 30 3 * * *\n" in run_conf  # the backup timer keeps the backup schedule
+    assert_fires_like_backupd_next(config, out, "backupd-drill", BASES[:3])
     assert (out / "backupd-run@plain.timer.d" / "schedule.conf").exists()
     assert not list(out.glob("backupd-drill@plain.*")) and not list(out.glob("*@off.*"))
     next_line = result.stdout.strip().splitlines()[-1]
@@ -189,11 +234,12 @@ def test_drill_dropins_verify(tmp_path: Path) -> None:
     """The templates with the drop-ins `systemd-units` writes load without a warning (systemd 252 warns, for
     instance, that RuntimeMaxSec= has no effect on a Type=oneshot service)."""
     units = installed_copy(tmp_path)
-    job = {"type": "files", "source": "/srv", "schedule": "0 1 * * *", "timeout": "3h",
-           "drill_schedule": "15 4 * * mon-fri", "timezone": "Europe/Berlin"}
+    job = {"type": "files", "source": "/srv", "schedule": "30 2 * * *", "timeout": "3h",
+           "drill_schedule": "15 4 * * mon-fri", "timezone": "Europe/Berlin"}  # several OnCalendar= lines
     result = systemd_units(write_config(tmp_path / "cfg", {"demo": job}), units)
     assert result.returncode == 0, result.stderr
     assert (units / "backupd-drill@demo.timer.d" / "schedule.conf").exists()
+    assert len(oncalendar((units / "backupd-run@demo.timer.d" / "schedule.conf").read_text())) > 1
     names = sorted(str(p) for p in units.iterdir() if p.is_file())
     verify = analyze("verify", *names)
     assert verify.returncode == 0, verify.stderr

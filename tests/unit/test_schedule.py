@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
-import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -20,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backupd.schedule import Schedule, format_local_and_utc, systemd_oncalendar
+from backupd.schedule import Schedule, TimerCalendar, format_local_and_utc, systemd_calendar
+from tests.conftest import needs_systemd_analyze, systemd_elapses
 
 TALLINN = "Europe/Tallinn"
 NEW_YORK = "America/New_York"
@@ -297,11 +297,17 @@ def test_format_local_and_utc(instant: str, tz: str, expected: str) -> None:
 
 # ------------------------------------------------------------------------------------------- systemd
 
+NOW = datetime(2026, 12, 1, tzinfo=UTC)  # when the drop-ins are written: tzdata is read from 2026 on
+
+
+def calendar(expr: str, tz: str) -> TimerCalendar:
+    return systemd_calendar(expr, tz, now=NOW)
+
 
 @pytest.mark.parametrize(
     ("expr", "tz", "expected"),
     [
-        ("30 3 * * *", TALLINN, "*-*-* 03:30:00 Europe/Tallinn"),
+        ("30 5 * * *", TALLINN, "*-*-* 05:30:00 Europe/Tallinn"),
         ("0 2 * * 1", "UTC", "Mon *-*-* 02:00:00 UTC"),
         ("@monthly", "UTC", "*-*-01 00:00:00 UTC"),
         ("@yearly", NEW_YORK, "*-01-01 00:00:00 America/New_York"),
@@ -312,66 +318,209 @@ def test_format_local_and_utc(instant: str, tz: str, expected: str) -> None:
         ("0 9-17 * * mon-fri", "UTC", "Mon..Fri *-*-* 09..17:00:00 UTC"),
         ("0 0 * * 0,6", "UTC", "Sat,Sun *-*-* 00:00:00 UTC"),
         ("0 0 * * 5-7", "UTC", "Fri..Sun *-*-* 00:00:00 UTC"),
-        ("0 0 */2 * mon", NEW_YORK, "Mon *-*-01/2 00:00:00 America/New_York"),
+        ("0 0 */2 * mon", NEW_YORK, "Mon *-*-01..31/2 00:00:00 America/New_York"),  # bounded: the zone changes
         ("0 0 1 */3 *", "UTC", "*-01/3-01 00:00:00 UTC"),
         ("0,20 1,2,3,7 1-3,15 1 *", "UTC", "*-01-01..03,15 01..03,07:00,20:00 UTC"),
         ("0 0 1-31 * fri", "UTC", "*-*-* 00:00:00 UTC"),  # OR with an all-days side: every day
         ("0 0 29 2 *", "UTC", "*-02-29 00:00:00 UTC"),
+        # In the hours of Tallinn's changes, but never on a change day: nothing to add.
+        ("30 3 * 1-2 *", TALLINN, "*-01,02-* 03:30:00 Europe/Tallinn"),
+        ("30 3 1-15 * *", TALLINN, "*-*-01..15 03:30:00 Europe/Tallinn"),
+        ("30 3 * * mon", TALLINN, "Mon *-*-* 03:30:00 Europe/Tallinn"),
+        ("30 3 * * *", "Asia/Tokyo", "*-*-* 03:30:00 Asia/Tokyo"),
     ],
 )
-def test_systemd_oncalendar(expr: str, tz: str, expected: str) -> None:
-    assert systemd_oncalendar(expr, tz) == expected
+def test_systemd_calendar_plain(expr: str, tz: str, expected: str) -> None:
+    assert calendar(expr, tz) == TimerCalendar((expected,))
 
 
-def test_systemd_oncalendar_refuses_day_or() -> None:
-    with pytest.raises(ValueError, match=re.escape("'0 0 1,15 * fri'")):
-        systemd_oncalendar("0 0 1,15 * fri", "UTC")
-    with pytest.raises(ValueError, match="unknown time zone"):
-        systemd_oncalendar("@daily", "Nowhere/Land")
-
-
-_ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+): \w{3} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
-
-
-def _systemd_elapses(value: str, base: datetime, count: int) -> list[datetime]:
-    out = subprocess.run(
-        ["systemd-analyze", "calendar", f"--iterations={count}", f"--base-time=@{int(base.timestamp())}",
-         value],
-        capture_output=True, text=True, check=True, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
-    ).stdout
-    return [datetime.fromisoformat(m).replace(tzinfo=UTC) for m in _ELAPSE.findall(out)]
-
-
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize(
-    ("expr", "tz", "base", "systemd_skips"),
+    ("expr", "tz", "expected"),
     [
-        ("30 3 * * *", TALLINN, "2026-06-01 00:00", None),
-        ("30 3 * * *", TALLINN, "2026-10-23 12:00", None),  # fall back: both run the first 03:30 only
-        ("*/15 * * * *", TALLINN, "2026-10-25 00:20", None),  # both skip the repeated hour
-        ("*/15 * * * *", TALLINN, "2026-03-29 00:20", None),  # both collapse the gap into 04:00
-        ("0 * * * *", NEW_YORK, "2026-11-01 03:30", None),
-        ("0 2 * * 1", "UTC", "2026-11-28 00:00", None),
-        ("@monthly", "UTC", "2026-11-28 00:00", None),
-        ("0 0 31 * *", "Asia/Kolkata", "2026-01-01 00:00", None),
-        ("0 0 29 2 *", "UTC", "2026-03-01 00:00", None),
-        ("0 0 */2 * mon", NEW_YORK, "2026-03-01 00:00", None),
-        ("5-59/20 */6 * * sat,sun", "Australia/Lord_Howe", "2026-04-03 00:00", None),
-        ("*/20 1 * * *", "Australia/Lord_Howe", "2026-04-03 12:00", None),  # half-hour fall back
-        ("0,20 1,2,3,7 1-3,15 1 *", "UTC", "2026-01-01 00:00", None),
-        # Known difference: systemd drops a fixed time that falls in the spring-forward gap.
-        ("30 3 * * *", TALLINN, "2026-03-27 12:00", "2026-03-29 01:00"),
-        ("30 2 * * *", NEW_YORK, "2026-03-06 12:00", "2026-03-08 07:00"),
-        ("*/20 2 * * *", "Australia/Lord_Howe", "2026-10-03 12:00", "2026-10-03 15:30"),  # 02:00, 02:20
+        # Tallinn skips 03:00-04:00 on the last Sunday of March and runs it twice on the last Sunday of October:
+        # no local value names 03:30 on those days.
+        ("30 3 * * *", TALLINN, [
+            "*-01,02,04..09,11,12-* 03:30:00 Europe/Tallinn",
+            "*-03,10-01..24 03:30:00 Europe/Tallinn",
+            "Mon..Sat *-03,10-25..31 03:30:00 Europe/Tallinn",
+            "Sun *-03-25..31 04:00:00 Europe/Tallinn",  # the end of the spring gap
+            "Sun *-10-25..31 03:30:00 Etc/GMT-3",  # the first pass, at EEST's fixed +03:00
+        ]),
+        # Weekly: only Sundays to split; the spring value is a Sunday one, like the job, so no extra runs.
+        ("15 2 * * 0", "Europe/Berlin", [
+            "Sun *-01,02,04..09,11,12-* 02:15:00 Europe/Berlin",
+            "Sun *-03,10-01..24 02:15:00 Europe/Berlin",
+            "Sun *-03-25..31 03:00:00 Europe/Berlin",
+            "Sun *-10-25..31 02:15:00 Etc/GMT-2",
+        ]),
+        # Hourly: 04:00 follows the gap anyway, so spring adds nothing; only 03:00 is split.
+        ("0 * * * *", TALLINN, [
+            "*-*-* 00..02,04..23:00:00 Europe/Tallinn",
+            "*-01,02,04..09,11,12-* 03:00:00 Europe/Tallinn",
+            "*-03,10-01..24 03:00:00 Europe/Tallinn",
+            "Mon..Sat *-03,10-25..31 03:00:00 Europe/Tallinn",
+            "Sun *-10-25..31 03:00:00 Etc/GMT-3",
+        ]),
+        # US rule: second Sunday of March (02:00-03:00 skipped), first Sunday of November (01:00-02:00 twice).
+        ("30 2 * * *", NEW_YORK, [
+            "*-01,02,04..12-* 02:30:00 America/New_York",
+            "*-03-01..07,15..31 02:30:00 America/New_York",
+            "Mon..Sat *-03-08..14 02:30:00 America/New_York",
+            "Sun *-03-08..14 03:00:00 America/New_York",
+        ]),
+        ("30 1 * * *", NEW_YORK, [
+            "*-01..10,12-* 01:30:00 America/New_York",
+            "Mon..Sat *-11-01..07 01:30:00 America/New_York",
+            "*-11-08..31 01:30:00 America/New_York",
+            "Sun *-11-01..07 01:30:00 Etc/GMT+4",
+        ]),
+        # Adelaide is +10:30 before its April change: no Etc/GMT zone has that, so UTC, a day earlier, which
+        # for "Sunday 1-7 April" is Saturday 31 March to 6 April.
+        ("30 2 * * *", "Australia/Adelaide", [
+            "*-01..03,05..09,11,12-* 02:30:00 Australia/Adelaide",
+            "Mon..Sat *-04,10-01..07 02:30:00 Australia/Adelaide",
+            "*-04,10-08..31 02:30:00 Australia/Adelaide",
+            "Sat *-03-31 16:00:00 UTC",
+            "Sat *-04-01..06 16:00:00 UTC",
+            "Sun *-10-01..07 03:00:00 Australia/Adelaide",
+        ]),
+        # Chile skips Sunday 00:00-01:00 in September.
+        ("30 0 * * *", "America/Santiago", [
+            "*-01..08,10..12-* 00:30:00 America/Santiago",
+            "*-09-01,09..31 00:30:00 America/Santiago",
+            "Mon..Sat *-09-02..08 00:30:00 America/Santiago",
+            "Sun *-09-02..08 01:00:00 America/Santiago",
+        ]),
+        # Chatham skips 02:45-03:45: 03:00 is in a changing hour, so its gap end 03:45 is written at the fixed
+        # +13:45 too, in UTC: Saturday 14:00.
+        ("0 3 * * *", "Pacific/Chatham", [
+            "*-01..03,05..08,10..12-* 03:00:00 Pacific/Chatham",
+            "Mon..Sat *-04-01..07 03:00:00 Pacific/Chatham",
+            "*-04-08..31 03:00:00 Pacific/Chatham",
+            "*-09-01..23,31 03:00:00 Pacific/Chatham",
+            "Mon..Sat *-09-24..30 03:00:00 Pacific/Chatham",
+            "Sat *-03-31 13:15:00 UTC",
+            "Sat *-04-01..06 13:15:00 UTC",
+            "Sat *-09-23..29 14:00:00 UTC",
+        ]),
+        # Steps are bounded in a zone with changes: systemd 252 runs an open "02/2" past 22 into the next day
+        # and gives up when that day starts with Chile's gap.
+        ("30 */2 * * *", "America/Santiago", [
+            "*-*-* 02..22/2:30:00 America/Santiago",
+            "*-01..08,10..12-* 00:30:00 America/Santiago",
+            "*-09-01,09..31 00:30:00 America/Santiago",
+            "Mon..Sat *-09-02..08 00:30:00 America/Santiago",
+            "Sun *-09-02..08 01:00:00 America/Santiago",
+        ]),
+        # Nuuk skips Saturday 23:00-24:00: the gap ends on Sunday, at 00:00.
+        ("30 23 * * *", "America/Nuuk", [
+            "*-01,02,04..09,11,12-* 23:30:00 America/Nuuk",
+            "*-03,10-01..23,31 23:30:00 America/Nuuk",
+            "Mon..Fri,Sun *-03,10-24..30 23:30:00 America/Nuuk",
+            "Sun *-03-25..31 00:00:00 America/Nuuk",
+            "Sat *-10-24..30 23:30:00 Etc/GMT+1",
+        ]),
     ],
 )
-def test_systemd_agrees_with_schedule(expr: str, tz: str, base: str, systemd_skips: str | None) -> None:
+def test_systemd_calendar_rule_shaped_values(expr: str, tz: str, expected: list[str]) -> None:
+    result = calendar(expr, tz)
+    assert list(result.values) == expected
+    assert result.dated_until is None
+    assert result.notes[1] == f"{tz}'s clock changes, from tzdata for 2026-2065:"
+
+
+def test_systemd_calendar_dated_values() -> None:
+    """Morocco's changes follow Ramadan, not a weekday rule: dated values for ten years, then plain local ones."""
+    result = calendar("30 2 * * *", "Africa/Casablanca")
+    assert result.dated_until == 2035
+    assert "follow no weekday rule" in result.notes[1] and "2026-2035" in result.notes[1]
+    assert "again before 2036" in result.notes[2]
+    assert "2036/1-*-* 02:30:00 Africa/Casablanca" in result.values
+    assert "2027-03-14 03:00:00 Africa/Casablanca" in result.values  # the gap after Ramadan 2027 ends at 03:00
+    assert "2027-02-07 02:30:00 Etc/GMT-1" in result.values  # the first pass before Ramadan 2027
+    assert all(re.match(r"(202[6-9]|203[0-5])[-,]", v) or v.startswith("2036/1-") for v in result.values)
+    assert calendar("30 12 * * *", "Africa/Casablanca") == TimerCalendar(("*-*-* 12:30:00 Africa/Casablanca",))
+
+
+def test_systemd_calendar_refuses_day_or() -> None:
+    with pytest.raises(ValueError, match=re.escape("'0 0 1,15 * fri'")):
+        calendar("0 0 1,15 * fri", "UTC")
+    with pytest.raises(ValueError, match="unknown time zone"):
+        calendar("@daily", "Nowhere/Land")
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize(
+    ("expr", "tz", "base"),
+    [
+        ("30 3 * * *", TALLINN, "2026-06-01 00:00"),
+        ("30 3 * * *", TALLINN, "2026-10-23 12:00"),  # fall back: both run the first 03:30 only
+        ("*/15 * * * *", TALLINN, "2026-10-25 00:20"),  # both skip the repeated hour
+        ("*/15 * * * *", TALLINN, "2026-03-29 00:20"),  # both collapse the gap into 04:00
+        ("0 * * * *", NEW_YORK, "2026-11-01 03:30"),
+        ("0 2 * * 1", "UTC", "2026-11-28 00:00"),
+        ("@monthly", "UTC", "2026-11-28 00:00"),
+        ("0 0 31 * *", "Asia/Kolkata", "2026-01-01 00:00"),
+        ("0 0 29 2 *", "UTC", "2026-03-01 00:00"),
+        ("0 0 */2 * mon", NEW_YORK, "2026-03-01 00:00"),
+        ("5-59/20 */6 * * sat,sun", "Australia/Lord_Howe", "2026-04-03 00:00"),
+        ("*/20 1 * * *", "Australia/Lord_Howe", "2026-04-03 12:00"),  # half-hour fall back
+        ("0,20 1,2,3,7 1-3,15 1 *", "UTC", "2026-01-01 00:00"),
+        # A fixed time in the spring gap runs at its end, as in the daemon.
+        ("30 3 * * *", TALLINN, "2026-03-27 12:00"),
+        ("30 2 * * *", NEW_YORK, "2026-03-06 12:00"),
+        ("*/20 2 * * *", "Australia/Lord_Howe", "2026-10-03 12:00"),  # 02:00 and 02:20 run at 02:30
+        # systemd counting from the second pass of the repeated hour (a run RandomizedDelaySec pushed there, a
+        # timer started there) must not run the repeated times again, as a single local value would.
+        ("*/15 * * * *", TALLINN, "2026-10-25 01:10"),
+        ("50 3 * * *", TALLINN, "2026-10-25 01:02"),
+        ("30 1 * * *", NEW_YORK, "2026-11-01 06:10"),
+        ("*/10 1 * * *", "Australia/Lord_Howe", "2026-04-04 15:05"),  # 01:35 LHST, the second half hour
+    ],
+)
+def test_systemd_agrees_with_schedule(expr: str, tz: str, base: str) -> None:
     count = 5
-    ours = Schedule.parse(expr, tz).iter_after(z(base), count + 1)
-    if systemd_skips is not None:
-        assert z(systemd_skips) in ours
-        ours.remove(z(systemd_skips))
-    assert _systemd_elapses(systemd_oncalendar(expr, tz), z(base), count) == ours[:count]
+    assert systemd_elapses(calendar(expr, tz).values, z(base), count) == Schedule.parse(expr, tz).iter_after(
+        z(base), count
+    )
+
+
+# Zones with their DST rules: EU (last Sundays of March and October), US, southern hemisphere (Sydney,
+# Auckland), Chile's changes at local midnight, Morocco's dated ones; UTC and Tokyo have none.
+PARITY_ZONES = [TALLINN, "Europe/Berlin", NEW_YORK, "Australia/Sydney", "Pacific/Auckland", "America/Santiago",
+                "Africa/Casablanca", "UTC", "Asia/Tokyo"]
+# In a gap (daily, weekly), in Berlin's repeated hour (02:30), hourly, every two hours, and a normal time.
+PARITY_SCHEDULES = ["30 3 * * *", "15 2 * * *", "15 2 * * 0", "30 2 * * *", "0 * * * *", "30 */2 * * *",
+                    "0 12 * * *"]
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("year", [2027, 2030])
+@pytest.mark.parametrize("tz", PARITY_ZONES)
+def test_timer_fires_at_the_daemons_instants(tz: str, year: int) -> None:
+    """Around each of the zone's changes in ``year`` (values written in 2026, so rule-shaped ones must still
+    hold), systemd, merging all of a timer's values, elapses exactly at Schedule's fire times, which are
+    what `backupd next` prints: from two days before each change to a day after it."""
+    changes = _transitions(tz, (datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)))
+    if tz in ("UTC", "Asia/Tokyo"):
+        assert changes == []
+        changes = [datetime(year, 3, 28, 1, tzinfo=UTC), datetime(year, 10, 31, 1, tzinfo=UTC)]
+    else:
+        assert len(changes) >= 2
+    cases = []
+    for change in changes:
+        base, end = change - timedelta(days=2), change + timedelta(days=1)
+        for expr in PARITY_SCHEDULES:
+            fires = Schedule.parse(expr, tz).iter_after(base, 100)
+            cases.append((expr, base, fires[: 1 + sum(t <= end for t in fires)]))  # and the first one after
+
+    def systemd(case: tuple[str, datetime, list[datetime]]) -> list[datetime]:
+        expr, base, ours = case
+        return systemd_elapses(calendar(expr, tz).values, base, len(ours))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # systemd-analyze forks per elapse: run a few at once
+        for (expr, base, ours), theirs in zip(cases, pool.map(systemd, cases), strict=True):
+            assert theirs == ours, (expr, tz, base)
 
 
 # -------------------------------------------------------------------------------------- properties
@@ -465,12 +614,12 @@ SPAN = (datetime(2016, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
 
 
 @functools.cache
-def _transitions(tz: str) -> list[datetime]:
-    """UTC instants where the zone's offset changes within SPAN (scan every 6 h, then bisect to the minute)."""
+def _transitions(tz: str, span: tuple[datetime, datetime] = SPAN) -> list[datetime]:
+    """UTC instants where the zone's offset changes within ``span`` (scan every 6 h, then bisect to the minute)."""
     zone = ZoneInfo(tz)
     found: list[datetime] = []
-    t = SPAN[0]
-    while t < SPAN[1]:
+    t = span[0]
+    while t < span[1]:
         u = t + timedelta(hours=6)
         if t.astimezone(zone).utcoffset() != u.astimezone(zone).utcoffset():
             lo, hi = t, u
