@@ -33,7 +33,10 @@ def command(name: str) -> Callable[[Handler], Handler]:
 def load(args: argparse.Namespace) -> Any:
     from backupd.config import load_config, resolve_config_path
 
-    return load_config(resolve_config_path(args.config))
+    config = load_config(resolve_config_path(args.config))
+    for warning in config.warnings:
+        print(f"backupd: warning: {warning}", file=sys.stderr)
+    return config
 
 
 def human_bytes(n: int | None) -> str:

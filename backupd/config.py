@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ from backupd.sources import job_models, source_types
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SECRET_KEYS = {"password_file", "key_file"}  # a file that holds a secret: 0600 expected
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -128,9 +130,12 @@ def _check_readable(file: Path, key: str, p: Path) -> None:
         raise ConfigError(file, key, f"file {p} is not readable")
 
 
-def _resolve_paths(model: BaseModel, base: Path, file: Path, prefix: str = "") -> BaseModel:
+def _resolve_paths(
+    model: BaseModel, base: Path, file: Path, warnings: list[str], prefix: str = ""
+) -> BaseModel:
     """Make every file key (`*_file`, `known_hosts`) of a job absolute (relative to the job file) and check it
-    is readable, in nested tables too: the walk is by field name, so a new source's keys need nothing here."""
+    is readable, in nested tables too: the walk is by field name, so a new source's keys need nothing here.
+    Secret files open to group or others are refused (SSH keys: OpenSSH itself refuses them) or warned of."""
     updates: dict[str, Any] = {}
     for name in type(model).model_fields:
         value = getattr(model, name)
@@ -138,10 +143,24 @@ def _resolve_paths(model: BaseModel, base: Path, file: Path, prefix: str = "") -
         if isinstance(value, Path) and (name.endswith("_file") or name == "known_hosts"):
             p = _rel(base, value)
             _check_readable(file, key, p)
+            _check_private(file, key, p, warnings)
             updates[name] = p
         elif isinstance(value, BaseModel):
-            updates[name] = _resolve_paths(value, base, file, f"{key}.")
+            updates[name] = _resolve_paths(value, base, file, warnings, f"{key}.")
     return model.model_copy(update=updates) if updates else model
+
+
+def _check_private(file: Path, key: str, path: Path, warnings: list[str]) -> None:
+    name = key.rsplit(".", 1)[-1]
+    if name not in SECRET_KEYS:
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return
+    what = f"file {path} is readable or writable by group or others (mode {mode:04o}): chmod 600 it"
+    if name == "key_file":
+        raise ConfigError(file, key, f"{what}; ssh refuses such a key")
+    warnings.append(f"config {file}: {key}: {what}")
 
 
 def _check_schedule(file: Path, key: str, expr: str, tz: str) -> None:
@@ -151,7 +170,7 @@ def _check_schedule(file: Path, key: str, expr: str, tz: str) -> None:
         raise ConfigError(file, key, str(exc)) from None
 
 
-def load_job(path: Path, default_tz: str) -> JobBase:
+def load_job(path: Path, default_tz: str, warnings: list[str] | None = None) -> JobBase:
     raw = _interpolate(_read_toml(path), path, "")
     try:
         job = job_adapter().validate_python(raw)
@@ -163,7 +182,7 @@ def load_job(path: Path, default_tz: str) -> JobBase:
     _check_schedule(path, "schedule", job.schedule, tz)
     if job.drill_schedule:
         _check_schedule(path, "drill_schedule", job.drill_schedule, tz)
-    resolved = _resolve_paths(job, path.parent, path)
+    resolved = _resolve_paths(job, path.parent, path, warnings if warnings is not None else [])
     assert isinstance(resolved, JobBase)
     return resolved
 
@@ -191,13 +210,14 @@ def load_config(path: Path) -> Config:
 
     jobs: dict[str, JobBase] = {}
     files: dict[str, Path] = {}
+    warnings: list[str] = []
     jobs_dir = settings.jobs_dir
     if jobs_dir.is_dir():
         for job_path in sorted(jobs_dir.glob("*.toml")):
             name = job_path.stem
             if not JOB_NAME_RE.match(name):
                 raise ConfigError(job_path, None, "job file name must be letters, digits, '_', '-', '.'")
-            jobs[name] = load_job(job_path, settings.scheduler.timezone)
+            jobs[name] = load_job(job_path, settings.scheduler.timezone, warnings)
             files[name] = job_path
     elif "jobs_dir" in user:
         raise ConfigError(path, "jobs_dir", f"directory {jobs_dir} does not exist")
@@ -225,6 +245,7 @@ def load_config(path: Path) -> Config:
         job_files=files,
         retention=retention,
         retention_path=retention_path,
+        warnings=warnings,
     )
 
 

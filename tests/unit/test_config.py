@@ -157,3 +157,29 @@ def test_config_from_environment_variable(
     monkeypatch.setenv("BACKUPD_CONFIG", str(cfg))
     assert main(["check-config"]) == 0
     assert str(cfg) in capsys.readouterr().out
+
+
+def test_secret_files_open_to_others_are_refused_or_warned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pw = tmp_path / "db.password"
+    pw.write_text("secret\n")
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    pw.chmod(0o644)
+    key.chmod(0o600)
+    job = (
+        'type = "mysql"\nschedule = "@daily"\nvia_ssh = true\n'
+        f'password_file = "{pw}"\n[ssh]\nhost = "db1"\nkey_file = "{key}"\n'
+    )
+    cfg = write(tmp_path, jobs={"db": job})
+    config = load_config(cfg)
+    assert config.warnings == [
+        f"config {tmp_path / 'jobs' / 'db.toml'}: password_file: file {pw} is readable or writable by group or "
+        "others (mode 0644): chmod 600 it"
+    ]
+    rc = main(["--config", str(cfg), "check-config"])
+    assert rc == 0 and "backupd: warning: config" in capsys.readouterr().err
+    pw.chmod(0o600)
+    assert load_config(cfg).warnings == []
+    key.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"ssh\.key_file: file .* \(mode 0640\): chmod 600 it; ssh refuses"):
+        load_config(cfg)
