@@ -668,6 +668,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
         for r in reports:
             head = f"{r.job}/{r.backup_id or '-'}: drill {r.outcome.upper() if not r.ok else 'ok'}"
             print(f"{head} (restore {r.restore_seconds:.1f}s)")
+            for note in r.notes:
+                print(f"  note: {note}")
             if r.checks:
                 print_table(
                     ["CHECK", "EXPECTED", "ACTUAL", "OK"],

@@ -35,6 +35,7 @@ class DrillReport:
     checks: list[Check] = field(default_factory=list)
     restore_seconds: float = 0.0
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the drill could not prove (a stand-in server, say)
 
     @property
     def ok(self) -> bool:
@@ -73,7 +74,8 @@ def drill_job(config: Config, name: str, catalog: Catalog) -> DrillReport:
             stack.callback(shutil.rmtree, work, True)
             stack.enter_context(reading(backup))  # a prune meanwhile (timer mode) keeps this backup
             ensure_intact(backup, step="drill verify")
-            result = source_for(job).drill(job, backup, DrillContext(stack, work))
+            ctx = DrillContext(stack, work, report.notes)
+            result = source_for(job).drill(job, backup, ctx)
             if not result.checks:
                 raise BackupdError(f"drill: backup {backup.backup_id} has nothing to compare")
             report.checks, report.restore_seconds = result.checks, result.restore_seconds
@@ -87,11 +89,11 @@ def drill_job(config: Config, name: str, catalog: Catalog) -> DrillReport:
         report.error = f"internal error: {type(exc).__name__}: {first_line(exc)}"
     except BaseException as exc:  # Terminated / KeyboardInterrupt: record, then keep unwinding
         report.error = f"interrupted: {first_line(exc)}"
-        catalog.finish_drill(drill_id, "failed", [asdict(c) for c in report.checks], None, report.error)
+        catalog.finish_drill(drill_id, "failed", [asdict(c) for c in report.checks], None, report.error, report.notes)
         raise
-    catalog.finish_drill(
-        drill_id, report.outcome, [asdict(c) for c in report.checks], round(report.restore_seconds, 3), report.error
-    )
+    checks = [asdict(c) for c in report.checks]
+    seconds = round(report.restore_seconds, 3)
+    catalog.finish_drill(drill_id, report.outcome, checks, seconds, report.error, report.notes)
     return report
 
 

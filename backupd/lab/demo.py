@@ -7,6 +7,7 @@ config pointing at them, runs every job through the real CLI code path, verifies
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import shutil
 import signal
@@ -43,6 +44,17 @@ class DemoEnv:
     servers: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
     cli: Callable[[Sequence[str]], int] = field(default=lambda argv: EXIT_FAILED)  # `backupd` itself, in-process
+
+
+class Skipped(Exception):
+    """A stage this machine cannot run (a server or an optional package is missing): said, then skipped."""
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules, a broken install
+        return False
 
 
 def say(text: str) -> None:
@@ -84,6 +96,8 @@ def stage_mongo(env: DemoEnv) -> None:
     import datetime
 
 
+    if shutil.which("mongod") is None and not _installed("nx_27017"):
+        raise Skipped("MongoDB: no mongod on PATH and no nx-27017 stand-in (pip install 'backupd[demo]')")
     say("starting a sandbox MongoDB server")
     server = env.stack.enter_context(MongoServer(env.base / "servers" / "mongo"))
     env.servers["mongo"] = server
@@ -144,6 +158,8 @@ def stage_redis(env: DemoEnv) -> None:
 
 def stage_s3(env: DemoEnv) -> None:
     """A sandbox S3 server: every committed demo backup is copied there and checked against its manifest."""
+    if not _installed("moto"):
+        raise Skipped("S3: moto's S3 server is not installed (pip install 'backupd[demo]')")
     s3 = env.stack.enter_context(MotoS3(env.base / "servers" / "s3"))
     s3.create_bucket("demo-backups")
     os.environ.update(s3.env())  # credentials travel in the environment, as boto3 documents
@@ -236,9 +252,14 @@ def run_demo(cli: Callable[[Sequence[str]], int], directory: Path | None = None,
     ok = True
     with ExitStack() as stack:
         env = DemoEnv(base=base, stack=stack, cli=cli)
+        skipped: list[str] = []
         try:
             for stage in STAGES:
-                stage(env)
+                try:
+                    stage(env)
+                except Skipped as why:
+                    say(f"skipping {why}")
+                    skipped.append(str(why).split(":", 1)[0])
         except Exception as exc:  # a sandbox server that cannot start: one line, not a traceback
             print(
                 f"backupd: demo: setting up the sandbox failed: {str(exc).splitlines()[0][:300]}",
@@ -272,15 +293,13 @@ def run_demo(cli: Callable[[Sequence[str]], int], directory: Path | None = None,
             ok &= hook(env, cfg)
         say("result")
         print(f"   demo {'succeeded' if ok else 'FAILED'}; config, store and state under {base}")
+        if skipped:
+            print(f"   skipped (not installed here): {', '.join(skipped)}")
     if not keep and directory is None:
         shutil.rmtree(base, ignore_errors=True)
         print(f"   (removed {base}; use --keep or --dir to keep it)")
     sys.stdout.flush()
     return EXIT_OK if ok else EXIT_FAILED
-
-
-# Later stages (retention, S3, drills, daemon) append a callable(env, config_path) -> bool here.
-AFTER_RUN: list[Callable[[DemoEnv, str], bool]] = []
 
 
 def s3_and_prune(env: DemoEnv, config_path: str) -> bool:
@@ -295,8 +314,6 @@ def s3_and_prune(env: DemoEnv, config_path: str) -> bool:
     return ok
 
 
-AFTER_RUN.append(s3_and_prune)
-
 
 def drill_demo_jobs(env: DemoEnv, config_path: str) -> bool:
     """Restore every demo job's newest backup into throwaway servers and print the comparison table."""
@@ -305,4 +322,6 @@ def drill_demo_jobs(env: DemoEnv, config_path: str) -> bool:
     return env.cli(["--config", config_path, "drill"]) == EXIT_OK
 
 
-AFTER_RUN.append(drill_demo_jobs)
+
+# What the demo shows once every job has a backup, in order.
+AFTER_RUN: list[Callable[[DemoEnv, str], bool]] = [s3_and_prune, drill_demo_jobs]

@@ -57,7 +57,10 @@ class MongoServer(ScratchServer):
         if self.kind == "mongod":
             self._mongod = require_binary("mongod", "MongoDB's mongod")
         elif importlib.util.find_spec("nx_27017") is None:
-            raise ScratchError("scratch: nx-27017 not found (install the dev extra: nx-27017)")
+            raise ScratchError(
+                "scratch: no mongod on PATH and no nx-27017 stand-in: install mongod (or the stand-in: "
+                "pip install 'backupd[demo]'), or set [drill] target"
+            )
         self.dbpath.mkdir(exist_ok=True)
 
     def _argv(self) -> list[str]:

@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS drills (
     outcome TEXT NOT NULL,          -- running | ok | failed
     checks TEXT,
     restore_seconds REAL,
-    error TEXT
+    error TEXT,
+    notes TEXT                      -- JSON list: what the drill could not prove
 );
 CREATE INDEX IF NOT EXISTS drills_job ON drills(job, started_at);
 """
@@ -114,6 +115,8 @@ class Catalog:
         have = {r["name"] for r in self.db.execute("PRAGMA table_info(backups)")}
         if "s3_checksums" not in have:  # JSON {file: checksum S3 reported when the copy was checked}
             self.db.execute("ALTER TABLE backups ADD COLUMN s3_checksums TEXT")
+        if "notes" not in {r["name"] for r in self.db.execute("PRAGMA table_info(drills)")}:
+            self.db.execute("ALTER TABLE drills ADD COLUMN notes TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -304,10 +307,11 @@ class Catalog:
         checks: list[dict[str, Any]] | None = None,
         restore_seconds: float | None = None,
         error: str | None = None,
+        notes: list[str] | None = None,
     ) -> None:
         self.db.execute(
-            "UPDATE drills SET finished_at=?, outcome=?, checks=?, restore_seconds=?, error=? WHERE id=?",
-            (now_iso(), outcome, json.dumps(checks or []), restore_seconds, error, drill_id),
+            "UPDATE drills SET finished_at=?, outcome=?, checks=?, restore_seconds=?, error=?, notes=? WHERE id=?",
+            (now_iso(), outcome, json.dumps(checks or []), restore_seconds, error, json.dumps(notes or []), drill_id),
         )
 
     def last_drill(self, job: str, backup_id: str | None = None) -> sqlite3.Row | None:
