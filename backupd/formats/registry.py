@@ -11,10 +11,14 @@ from backupd.formats.base import CheckResult, FormatChecker
 FORMATS: dict[str, tuple[str, str]] = {
     "mongo-archive": ("backupd.formats.mongo_archive", "MongoArchiveChecker"),
     "redis-rdb": ("backupd.formats.rdb", "RdbChecker"),
+    "pg-custom": ("backupd.formats.pgdump", "PgCustomChecker"),
     "tar": ("backupd.formats.tarball", "TarChecker"),
     "sql-dump": ("backupd.formats.sqldump", "SqlDumpChecker"),
+    "pg-plain": ("backupd.formats.pgdump", "PgPlainChecker"),
 }
 SNIFF_BYTES = 4096
+# format name -> its module's sniff function, when that is not `sniff` (two formats in one module)
+SNIFFERS: dict[str, str] = {"pg-plain": "sniff_plain"}
 
 
 def _module(fmt: str) -> Any:
@@ -36,7 +40,7 @@ def sniff(head: bytes) -> str | None:
             mod = _module(fmt)
         except ImportError:
             continue
-        if mod.sniff(head):
+        if getattr(mod, SNIFFERS.get(fmt, "sniff"))(head):
             return fmt
     return None
 
