@@ -265,14 +265,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
-    from backupd.store.backups import MANIFEST, BrokenBackup, Store, is_backup_id, reading
-    from backupd.store.verify import verify_backup
+    from backupd.actions.verify import Verifier, scheduled, verify_targets
+    from backupd.engine.procs import lower_priority
+    from backupd.store.backups import BrokenBackup, Store, is_backup_id
 
     config = load(args)
     store = Store(config.store_root)
+    names = args.targets or sorted(set(store.jobs()) | set(config.jobs))
     targets = []
     broken: list[BrokenBackup] = []
-    names = args.targets or sorted(set(store.jobs()) | set(config.jobs))
     for t in names:
         if is_backup_id(t.rpartition("/")[2]):
             targets.append(_find_backup(config, t))
@@ -281,67 +282,38 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 config.job(t)
             targets.extend(store.backups(t))
             broken.extend(store.broken(t))
+    if args.scheduled:
+        lower_priority()
     catalog = _catalog(config)
-    report: list[dict[str, Any]] = []
-    buckets: dict[str, Any] = {}  # one S3 client for every verdict this run mirrors
+    verifier = Verifier(config, catalog)
     try:
-        for k in broken:  # an unreadable manifest is a failed verification, never skipped
-            catalog.set_verified(k.job, k.backup_id, False)
-            problem = {"artifact": MANIFEST, "ok": False, "problems": [k.reason]}
-            report.append({"job": k.job, "backup_id": k.backup_id, "ok": False, "artifacts": [problem]})
-        for b in targets:
-            try:
-                with reading(b):  # a prune meanwhile keeps it rather than pull files from under us
-                    arts = verify_backup(b)
-            except BackupdError as exc:  # pruned between listing and reading
-                print(f"backupd: verify: {exc}", file=sys.stderr)
-                continue
-            ok = all(a["ok"] for a in arts)
-            problems = [f"{a['artifact']}: {p}" for a in arts for p in a["problems"]]
-            store.record_verdict(b, "local", ok, "full", problems)  # the store holds the verdict
-            catalog.set_verified(b.job, b.backup_id, ok)
-            report.append({"job": b.job, "backup_id": b.backup_id, "ok": ok, "artifacts": arts})
-            _mirror_verdict(config, catalog, b, buckets)
+        if args.scheduled:
+            report = scheduled(config, verifier, sorted({t.rpartition("/")[0] or t for t in names}))
+        else:
+            report = verify_targets(config, verifier, targets, broken)
     finally:
         catalog.close()
-    bad = [r for r in report if not r["ok"]]
+    for w in verifier.warnings:
+        print(f"backupd: {w}", file=sys.stderr)
+    bad = [r for r in report if not r.ok]
     if args.json:
-        print_json(report)
+        print_json([{**r.__dict__, "problems": r.problems} for r in report])
     else:
         for r in report:
-            print(f"{r['job']}/{r['backup_id']}: {'ok' if r['ok'] else 'BAD'}")
-            for a in r["artifacts"]:
-                for p in a["problems"]:
-                    print(f"  {a['artifact']}: {p}")
+            where = "s3 " if r.copy == "s3" else ""
+            state = f"skipped ({r.skipped})" if r.skipped else ("ok" if r.ok else "BAD")
+            print(f"{where}{r.job}/{r.backup_id}: {state}")
+            for p in r.problems:
+                print(f"  {p}")
         if not report:
             print("nothing to verify")
     for r in bad:
-        first = next(a for a in r["artifacts"] if not a["ok"])
-        print(
-            f"backupd: verify {r['job']}/{r['backup_id']}: {first['artifact']}: {first['problems'][0]}",
-            file=sys.stderr,
-        )
+        where = " (S3 copy)" if r.copy == "s3" else ""
+        print(f"backupd: verify {r.job}/{r.backup_id}{where}: {r.problems[0]}", file=sys.stderr)
     rc = EXIT_FAILED if bad else EXIT_OK
-    if args.s3:
+    if args.s3 or (args.scheduled and config.settings.s3.enabled):
         rc = max(rc, _verify_s3(config, sorted({b.job for b in targets} if args.targets else names), args.json))
     return rc
-
-
-def _mirror_verdict(config: Any, catalog: Any, backup: Any, buckets: dict[str, Any]) -> None:
-    """Put the backup's verdict beside its S3 copy, so a rebuild from the bucket keeps it; a failure is a
-    warning (the local verdict stands, and the next verify or copy tries again)."""
-    from backupd.store.s3 import Bucket, error_text
-
-    row = catalog.backup(backup.job, backup.backup_id)
-    if not config.settings.s3.enabled or row is None or row["s3_state"] != "copied":
-        return
-    try:
-        if "s3" not in buckets:
-            buckets["s3"] = Bucket(config.settings.s3)
-        buckets["s3"].put_verdict(backup)
-    except Exception as exc:  # boto3/botocore errors: one line, never a failed verify
-        print(f"backupd: verify {backup.job}/{backup.backup_id}: verdict not copied to S3: {error_text(exc)}",
-              file=sys.stderr)
 
 
 def _verify_s3(config: Any, jobs: list[str], as_json: bool) -> int:
@@ -661,7 +633,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if not names:
         raise UsageError("drill: no jobs configured")
     with terminate_on_signals():
-        reports = drill_jobs(config, names)
+        reports = drill_jobs(config, names, args.backup)
     if args.json:
         print_json([r.to_dict() for r in reports])
     else:
@@ -719,6 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("targets", nargs="*", metavar="JOB|BACKUP_ID")
     s.add_argument("--json", action="store_true")
     s.add_argument("--s3", action="store_true", help="also check the copies in S3")
+    s.add_argument(
+        "--scheduled", action="store_true",
+        help="the scheduled re-verification: least recently verified first, low priority, skips running jobs,"
+        " samples S3 copies ([s3] verify_read_fraction)",
+    )
 
     s = sub.add_parser("inspect", help="identify and structurally verify an archive file")
     s.add_argument("file")
@@ -740,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("drill", help="restore the latest backup into a scratch target and compare")
     s.add_argument("jobs", nargs="*", metavar="JOB")
+    s.add_argument("--backup", metavar="ID", help="drill this backup of the one JOB named")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("next", help="upcoming fire times")

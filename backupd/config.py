@@ -207,6 +207,9 @@ def load_config(path: Path) -> Config:
         }
     )
     _check_tz(path, "scheduler.timezone", settings.scheduler.timezone)
+    if settings.scheduler.verify_schedule:
+        _check_schedule(path, "scheduler.verify_schedule", settings.scheduler.verify_schedule,
+                        settings.scheduler.timezone)
 
     jobs: dict[str, JobBase] = {}
     files: dict[str, Path] = {}

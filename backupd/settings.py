@@ -56,6 +56,7 @@ class SchedulerCfg(Strict):
     max_concurrent_jobs: int = Field(default=2, ge=1, le=64)
     catchup: Literal["once", "none"] = "once"
     jitter: Duration = 0
+    verify_schedule: str = "0 5 * * 0"  # re-verify every stored backup (cron, scheduler timezone); "" disables
 
 
 class CompressionCfg(Strict):
@@ -84,6 +85,9 @@ class S3Cfg(Strict):
     connect_timeout: Duration = 10
     read_timeout: Duration = 120
     max_concurrency: int = Field(default=8, ge=1, le=64)
+    # each scheduled verify also downloads and re-hashes this share of the copies' bytes, least recently read
+    # first (0: metadata and checksums only)
+    verify_read_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _complete(self) -> S3Cfg:
@@ -174,6 +178,8 @@ class JobBase(Strict):
     enabled: bool = True
     timeout: Duration = 6 * 3600
     drill_schedule: str | None = None
+    # scheduled drills: "rotate" alternates the newest backup and the kept one drilled least recently
+    drill_pick: Literal["newest", "rotate"] = "rotate"
     drill: DrillCfg = DrillCfg()
     compression: CompressionCfg | None = None  # replaces [compression] for this job (e.g. level 1 for RDBs)
 

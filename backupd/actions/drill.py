@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from backupd.actions.restore import ensure_intact, pick_backup
-from backupd.errors import BackupdError
+from backupd.errors import BackupdError, UsageError
 from backupd.fsutil import ensure_private_dir
 from backupd.scratch.base import ScratchError
 from backupd.settings import Config
@@ -53,12 +53,29 @@ def first_line(exc: BaseException) -> str:
 # ------------------------------------------------------------------ one drill
 
 
-def drill_job(config: Config, name: str, catalog: Catalog) -> DrillReport:
+def drill_pick(store: Store, catalog: Catalog, job: str, pick: str, backup_id: str | None = None) -> StoredBackup:
+    """The backup a drill restores: the one named, else the newest verified one, except that with
+    `drill_pick = "rotate"` a drill after one of the newest takes the kept backup drilled least recently
+    (never drilled first), so every backup retention keeps is restored once per cycle."""
+    if backup_id:
+        return pick_backup(store, job, backup_id)
+    good = [b for b in store.backups(job) if b.verified]
+    if not good:
+        raise BackupdError(f"drill: job {job} has no verified backup")
+    newest = good[-1]
+    last = catalog.last_drill(job)
+    if pick != "rotate" or len(good) == 1 or last is None or last["backup_id"] != newest.backup_id:
+        return newest
+    drilled = catalog.drilled_at(job)
+    return min(good[:-1], key=lambda b: (drilled.get(b.backup_id, ""), b.backup_id))
+
+
+def drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | None = None) -> DrillReport:
     """Drill one job; the outcome is recorded in the catalog whatever happens (interrupts included)."""
     job = config.job(name)
     store = Store(config.store_root)
     try:
-        backup: StoredBackup | None = pick_backup(store, name, None)
+        backup: StoredBackup | None = drill_pick(store, catalog, name, job.drill_pick, backup_id)
     except BackupdError as exc:
         backup = None
         report = DrillReport(name, None, error=first_line(exc))
@@ -97,11 +114,13 @@ def drill_job(config: Config, name: str, catalog: Catalog) -> DrillReport:
     return report
 
 
-def drill_jobs(config: Config, names: list[str]) -> list[DrillReport]:
+def drill_jobs(config: Config, names: list[str], backup_id: str | None = None) -> list[DrillReport]:
     for n in names:
         config.job(n)  # unknown names are a usage error before any drill starts
+    if backup_id and len(names) != 1:
+        raise UsageError("drill: --backup ID goes with exactly one JOB")
     catalog = Catalog(config.state_dir)
     try:
-        return [drill_job(config, n, catalog) for n in names]
+        return [drill_job(config, n, catalog, backup_id) for n in names]
     finally:
         catalog.close()

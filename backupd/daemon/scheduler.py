@@ -36,7 +36,7 @@ from backupd.schedule import Schedule
 from backupd.settings import Config
 from backupd.store.catalog import Catalog, now_iso
 
-Kind = Literal["backup", "drill"]
+Kind = Literal["backup", "drill", "verify"]
 HEARTBEAT = 30.0  # longest sleep: /health staleness, clock-jump detection
 HEALTH_STALE = 3 * HEARTBEAT
 STOP_GRACE = float(os.environ.get("BACKUPD_STOP_GRACE", "30"))  # SIGTERM -> SIGKILL for a child
@@ -125,8 +125,13 @@ class Daemon:
             if not job.enabled:
                 continue
             tz = self.config.job_timezone(name)
-            exprs: list[tuple[Kind, str | None]] = [("backup", job.schedule), ("drill", job.drill_schedule)]
-            for kind, expr in exprs:
+            verify = self.config.settings.scheduler.verify_schedule or None
+            exprs: list[tuple[Kind, str | None, str]] = [
+                ("backup", job.schedule, tz),
+                ("drill", job.drill_schedule, tz),
+                ("verify", verify, self.config.settings.scheduler.timezone),  # every job's kept backups re-proven
+            ]
+            for kind, expr, tz in exprs:
                 if not expr:
                     continue
                 sched = Schedule.parse(expr, tz)
@@ -227,7 +232,7 @@ class Daemon:
         if not self.stopping:
             waits.extend(e.next_fire.timestamp() - wall for e in self.entries.values())
             if len(self.running) < self.config.settings.scheduler.max_concurrent_jobs:
-                waits.extend(t.not_before - wall for t in self.queue if not self._busy(t.job))
+                waits.extend(t.not_before - wall for t in self.queue if not self._busy(t))
         for t in self.running.values():
             if t.term_at is not None:
                 waits.append(t.term_at + STOP_GRACE - mono)
@@ -241,6 +246,8 @@ class Daemon:
         """A schedule whose latest fire time has no successful run after it runs once (catchup = "once")."""
         mode = self.config.settings.scheduler.catchup
         for (name, kind), e in self.entries.items():
+            if kind == "verify":  # background work: a missed re-verification waits for its next fire time
+                continue
             latest = e.sched.latest_at_or_before(now)
             if latest is None:
                 continue
@@ -253,6 +260,9 @@ class Daemon:
             self._enqueue(name, kind, "catchup", latest, why)
 
     def _last_ok(self, name: str, kind: Kind) -> datetime | None:
+        if kind == "verify":  # any outcome: a verification that found a bad backup still ran
+            at = self.catalog.db.execute("SELECT MAX(at) FROM verifications WHERE job=?", (name,)).fetchone()[0]
+            return datetime.fromisoformat(at) if at else None
         if kind == "backup":
             row = self.catalog.last_success(name)
         else:
@@ -297,9 +307,13 @@ class Daemon:
             delay=round(delay, 3) or None,
         )
 
-    def _busy(self, name: str) -> bool:
-        """A job's backup and drill never overlap: the drill reads what the backup may prune."""
-        return any(t.job == name for t in self.running.values())
+    def _busy(self, task: Task) -> bool:
+        """A job's backup and drill never overlap: the drill reads what the backup may prune. A
+        re-verification waits for both, but never holds up a backup: it skips the backups of a job whose run
+        holds the lock, and reads each backup under its read lock, so a run beside it is safe."""
+        return any(
+            t.job == task.job and (task.kind == "verify" or t.kind != "verify") for t in self.running.values()
+        )
 
     def _dispatch(self) -> None:
         limit = self.config.settings.scheduler.max_concurrent_jobs
@@ -307,8 +321,10 @@ class Daemon:
         for task in sorted(self.queue, key=lambda t: t.not_before):
             if len(self.running) >= limit:
                 break
-            if task.not_before > wall or self._busy(task.job):
+            if task.not_before > wall or self._busy(task):
                 continue
+            if task.kind == "verify" and any(t.kind == "verify" for t in self.running.values()):
+                continue  # one re-verification at a time: it is background work
             self.queue.remove(task)
             self._spawn(task)
 
@@ -316,6 +332,8 @@ class Daemon:
         base = [sys.executable, "-m", "backupd", "--config", str(self.config.path)]
         if task.kind == "drill":
             return [*base, "drill", task.job]
+        if task.kind == "verify":
+            return [*base, "verify", task.job, "--scheduled"]
         return [*base, "run", task.job, "--trigger", task.trigger]
 
     def _spawn(self, task: Task) -> None:
@@ -388,6 +406,8 @@ class Daemon:
 
     def _record_killed(self, task: Task, pid: int, error: str, overwrite: bool) -> None:
         """A SIGKILLed child cannot record its failure; a timed-out one records "interrupted", we say why."""
+        if task.kind == "verify":  # records its verdicts backup by backup: an interrupted one resumes
+            return
         since = datetime.fromtimestamp(task.started_wall - 1, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         try:
             if task.kind == "drill":

@@ -38,12 +38,22 @@ def _timer_units(config: Config) -> list[tuple[str, str, str, str]]:
         units.append(("backupd-run", name, "schedule", job.schedule))
         if job.drill_schedule:
             units.append(("backupd-drill", name, "drill_schedule", job.drill_schedule))
+    if units and config.settings.scheduler.verify_schedule:  # one unit for every job: name "" (no @JOB)
+        units.append(("backupd-verify", "", "scheduler.verify_schedule", config.settings.scheduler.verify_schedule))
     return units
+
+
+def _unit(prefix: str, name: str) -> str:
+    return f"{prefix}@{name}" if name else prefix
+
+
+def _zone(config: Config, name: str) -> str:
+    return config.job_timezone(name) if name else config.settings.scheduler.timezone
 
 
 def timer_names(config: Config) -> list[str]:
     """The timers to enable in timer mode: `backupd-run@JOB.timer`, plus `backupd-drill@JOB.timer` for drills."""
-    return [f"{prefix}@{name}.timer" for prefix, name, _key, _expr in _timer_units(config)]
+    return [f"{_unit(prefix, name)}.timer" for prefix, name, _key, _expr in _timer_units(config)]
 
 
 def _calendars(config: Config, now: datetime | None) -> list[tuple[str, str, str, TimerCalendar]]:
@@ -51,7 +61,7 @@ def _calendars(config: Config, now: datetime | None) -> list[tuple[str, str, str
     out = []
     for prefix, name, key, expr in _timer_units(config):
         try:
-            calendar = systemd_calendar(expr, config.job_timezone(name), now=now)
+            calendar = systemd_calendar(expr, _zone(config, name), now=now)
         except ValueError as exc:
             source = config.job_files.get(name, config.path)
             raise ConfigError(source, key, f"cannot be a systemd timer: {exc}") from None
@@ -67,21 +77,23 @@ def unit_dropins(config: Config, now: datetime | None = None) -> dict[str, str]:
     files: dict[str, str] = {}
     jitter = config.settings.scheduler.jitter
     for prefix, name, expr, calendar in _calendars(config, now):
-        job = config.jobs[name]
+        unit = _unit(prefix, name)
         head = HEADER.format(source=config.job_files.get(name, config.path))
         notes = "".join(f"# {note}\n" for note in calendar.notes)
         values = "".join(f"OnCalendar={value}\n" for value in calendar.values)
-        files[f"{prefix}@{name}.timer.d/schedule.conf"] = (
+        files[f"{unit}.timer.d/schedule.conf"] = (
             f"{head}[Timer]\n# {expr}\n{notes}OnCalendar=\n{values}RandomizedDelaySec={jitter}s\n"
         )
-        files[f"{prefix}@{name}.service.d/timeout.conf"] = f"{head}[Service]\nTimeoutStartSec={job.timeout}s\n"
+        if name:  # the re-verification has no timeout: it is background work that resumes where it stopped
+            job = config.jobs[name]
+            files[f"{unit}.service.d/timeout.conf"] = f"{head}[Service]\nTimeoutStartSec={job.timeout}s\n"
     return files
 
 
 def dated_timers(config: Config, now: datetime | None = None) -> list[tuple[str, str, int]]:
     """(timer, zone, last year covered) of the timers with dated values: regenerate them before that year ends."""
     return [
-        (f"{prefix}@{name}.timer", config.job_timezone(name), calendar.dated_until)
+        (f"{_unit(prefix, name)}.timer", _zone(config, name), calendar.dated_until)
         for prefix, name, _expr, calendar in _calendars(config, now)
         if calendar.dated_until is not None
     ]

@@ -110,3 +110,22 @@ def find_tool(names: Sequence[str], what: str, step: str = "dump") -> str:
         if path:
             return path
     raise StepError(step, f"{what}: none of {', '.join(names)} found on PATH")
+
+
+IOPRIO_CLASS_IDLE = 3
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # the syscall's number; no Python wrapper exists
+
+
+def lower_priority() -> None:
+    """Nice 19 and the idle I/O class for this process (a scheduled re-verification): the jobs' own runs keep
+    the disk and the CPU. Best effort: where either is refused, the work still runs."""
+    with contextlib.suppress(OSError):
+        os.nice(19 - os.nice(0))
+    number = _IOPRIO_SET.get(os.uname().machine)
+    if number is None:
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall(number, 1, 0, IOPRIO_CLASS_IDLE << 13)  # IOPRIO_WHO_PROCESS, this process

@@ -175,12 +175,13 @@ class Store:
         return out
 
     def record_verdict(
-        self, backup: StoredBackup, where: str, ok: bool, level: str, problems: list[str]
+        self, backup: StoredBackup, where: str, ok: bool, level: str, problems: list[str], **extra: str
     ) -> dict[str, Any]:
         """Record one verification of `backup` (`where`: "local" or "s3") in the store, atomically.
 
         A later good verification replaces a failed one, so a repaired backup counts again."""
-        verdict = {**backup.verdict, where: {"ok": ok, "level": level, "at": _now(), "problems": problems[:5]}}
+        entry = {**backup.verdict.get(where, {}), "ok": ok, "level": level, "at": _now(), "problems": problems[:5]}
+        verdict = {**backup.verdict, where: {**entry, **extra}}
         tmp = backup.path / f".{VERDICT}.tmp"
         write_private_file(tmp, json.dumps(verdict, indent=2, sort_keys=True).encode() + b"\n")
         os.replace(tmp, backup.path / VERDICT)

@@ -78,6 +78,17 @@ CREATE TABLE IF NOT EXISTS drills (
     notes TEXT                      -- JSON list: what the drill could not prove
 );
 CREATE INDEX IF NOT EXISTS drills_job ON drills(job, started_at);
+CREATE TABLE IF NOT EXISTS verifications (  -- every re-verification; the verdict itself lives in the store
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    backup_id TEXT NOT NULL,
+    copy TEXT NOT NULL,             -- local | s3
+    at TEXT NOT NULL,
+    level TEXT NOT NULL,            -- full (sha256 + format) | read (S3 download + sha256) | head (S3 checksums)
+    ok INTEGER NOT NULL,
+    problem TEXT
+);
+CREATE INDEX IF NOT EXISTS verifications_job ON verifications(job, at);
 """
 
 
@@ -323,7 +334,33 @@ class Catalog:
         row: sqlite3.Row | None = self.db.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return row
 
+    def drilled_at(self, job: str) -> dict[str, str]:
+        """When each backup of `job` was last drilled (any outcome): what rotating drills pick by."""
+        q = "SELECT backup_id, MAX(started_at) FROM drills WHERE job=? AND backup_id IS NOT NULL GROUP BY backup_id"
+        return {r[0]: r[1] for r in self.db.execute(q, (job,))}
+
     # ------------------------------------------------------------ rebuild
+
+    def add_verification(self, job: str, backup_id: str, copy: str, level: str, ok: bool, problem: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO verifications (job, backup_id, copy, at, level, ok, problem) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job, backup_id, copy, now_iso(), level, 1 if ok else 0, problem),
+        )
+
+    def verification_summary(self, job: str) -> dict[str, Any]:
+        """For status and metrics: the last good re-verification, failures per copy, and the oldest time any
+        kept backup was last proven (its commit counts as its first proof)."""
+        last_ok = self.db.execute(
+            "SELECT MAX(at) FROM verifications WHERE job=? AND ok=1 AND copy='local'", (job,)
+        ).fetchone()[0]
+        q = "SELECT copy, COUNT(*) FROM verifications WHERE job=? AND ok=0 GROUP BY copy"
+        failures = {r[0]: int(r[1]) for r in self.db.execute(q, (job,))}
+        oldest = self.db.execute(
+            "SELECT MIN(COALESCE((SELECT MAX(v.at) FROM verifications v WHERE v.job=b.job AND v.backup_id=b.backup_id"
+            " AND v.copy='local' AND v.ok=1), b.finished_at)) FROM backups b WHERE b.job=? AND b.deleted_at IS NULL",
+            (job,),
+        ).fetchone()[0]
+        return {"last_ok": last_ok, "failures": failures, "oldest_proven": oldest}
 
     def reconcile(self, store: Store, job: str, s3_enabled: bool) -> list[str]:
         """Give every committed backup of `job` that has no row its row, queued for S3 when S3 is on.

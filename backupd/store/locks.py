@@ -37,3 +37,18 @@ def all_job_locks(state_dir: Path, jobs: Iterable[str]) -> Iterator[None]:
         for job in sorted(set(jobs)):
             stack.enter_context(job_lock(state_dir, job))
         yield
+
+
+def job_running(state_dir: Path, job: str) -> bool:
+    """Is a run (or prune, or S3 re-copy) of `job` holding its lock right now? A probe: taken and let go."""
+    path = state_dir / "locks" / f"{job}.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the lock we may have taken
+    return False

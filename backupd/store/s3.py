@@ -273,6 +273,17 @@ class Bucket:
         except ValueError:
             return {"local": {"ok": False, "level": "record", "problems": [f"{VERDICT} is unreadable"]}}
 
+    def read_digest(self, key: str) -> tuple[int, str]:
+        """Download an object (streamed, constant memory) and return its size and sha256: what a sampled
+        re-verification compares with the manifest, since HEAD checksums only prove what S3 says it holds."""
+        body = self.client.get_object(Bucket=self.name, Key=key)["Body"]
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in body.iter_chunks(READ_BLOCK):
+            digest.update(chunk)
+            size += len(chunk)
+        return size, digest.hexdigest()
+
     def delete_backup(self, rb: RemoteBackup) -> None:
         """Manifest first, so an interrupted delete leaves an incomplete (never counted) backup."""
         manifest = [k for k in rb.keys if k.endswith("/" + MANIFEST)]

@@ -18,6 +18,7 @@ import pytest
 from backupd.config import load_config
 from backupd.daemon.scheduler import upcoming
 from backupd.lab.content import write_config
+from backupd.schedule import Schedule
 from tests.conftest import SYSTEMD_ANALYZE, needs_systemd_analyze, systemd_elapses
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,13 +48,15 @@ def installed_copy(tmp_path: Path) -> Path:
 def test_units_verify(tmp_path: Path) -> None:
     units = installed_copy(tmp_path)
     names = sorted(str(p) for p in units.iterdir())
-    assert len(names) == 5
+    assert len(names) == 7  # backupd, run@, drill@ (service + timer each), verify (service + timer)
     result = analyze("verify", *names)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
 
 
-@pytest.mark.parametrize("unit", ["backupd.service", "backupd-run@.service", "backupd-drill@.service"])
+@pytest.mark.parametrize(
+    "unit", ["backupd.service", "backupd-run@.service", "backupd-drill@.service", "backupd-verify.service"]
+)
 def test_units_security_exposure(unit: str) -> None:
     result = analyze("security", "--offline=yes", str(UNITS / unit))
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
@@ -227,7 +230,33 @@ def test_drill_timer_dropins(tmp_path: Path) -> None:
     assert set(next_line.split("--now ")[1].split()) == {
         *(f"backupd-run@{n}.timer" for n in [*DRILLS, "plain"]),
         *(f"backupd-drill@{n}.timer" for n in DRILLS),
+        "backupd-verify.timer",
     }
+
+
+def test_verify_timer_fires_at_the_daemons_instants(tmp_path: Path) -> None:
+    """[scheduler] verify_schedule becomes backupd-verify.timer's drop-in, in the scheduler's zone; the timer
+    fires where the daemon's verify entries do (the same cron rules), and systemd accepts the units."""
+    from backupd.daemon.systemd_units import unit_dropins
+
+    job = {"type": "files", "source": "/srv", "schedule": "@daily"}
+    cfg = write_config(tmp_path / "etc", {"site": job},
+                       settings={"scheduler": {"timezone": "Europe/Berlin", "verify_schedule": "15 2 * * 0"}})
+    config = load_config(cfg)
+    files = unit_dropins(config)
+    conf = files["backupd-verify.timer.d/schedule.conf"]
+    assert "# 15 2 * * 0\n" in conf and "Europe/Berlin" in conf and "backupd-verify.service.d/timeout.conf" not in files
+    sched = Schedule.parse("15 2 * * 0", "Europe/Berlin")
+    values = [line.split("=", 1)[1] for line in conf.splitlines() if line.startswith("OnCalendar=") and "=" in line
+              and line != "OnCalendar="]
+    base = datetime(2027, 3, 20, tzinfo=UTC)
+    want, t = [], base
+    for _ in range(3):
+        t = sched.next_after(t)
+        want.append(t)
+    assert systemd_elapses(values, base, 3) == want
+    cfg = write_config(tmp_path / "etc2", {"site": job}, settings={"scheduler": {"verify_schedule": ""}})
+    assert not any(k.startswith("backupd-verify") for k in unit_dropins(load_config(cfg)))
 
 
 def test_drill_dropins_verify(tmp_path: Path) -> None:
