@@ -17,8 +17,9 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from backupd.errors import ConfigError
+from backupd.notify.channels import http_url_problem, problems
 from backupd.schedule import Schedule
-from backupd.settings import Config, GlobalCfg, JobBase, RetentionCfg, StateCfg, StorageCfg
+from backupd.settings import Config, GlobalCfg, JobBase, JobNotifyCfg, NotifyCfg, RetentionCfg, StateCfg, StorageCfg
 from backupd.sources import job_models, source_types
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
@@ -165,7 +166,25 @@ def load_job(path: Path, default_tz: str) -> JobBase:
         _check_schedule(path, "drill_schedule", job.drill_schedule, tz)
     resolved = _resolve_paths(job, path.parent, path)
     assert isinstance(resolved, JobBase)
+    if resolved.notify is not None:
+        _check_notify(path, "notify.", resolved.notify)
+    if resolved.healthchecks_url and resolved.healthchecks_url_file:
+        raise ConfigError(path, "healthchecks_url", "set healthchecks_url or healthchecks_url_file, not both")
+    hc = resolved.healthchecks_url or (
+        resolved.healthchecks_url_file.read_text().strip() if resolved.healthchecks_url_file else None
+    )
+    if hc is not None and (problem := http_url_problem(hc)) is not None:
+        key = "healthchecks_url" if resolved.healthchecks_url else "healthchecks_url_file"
+        raise ConfigError(path, key, problem)
     return resolved
+
+
+def _check_notify(file: Path, prefix: str, cfg: NotifyCfg | JobNotifyCfg) -> None:
+    """Bad webhook URLs, unknown Apprise schemes or a missing apprise extra stop the load, naming the key."""
+    found = problems(cfg)
+    if found:
+        key, problem = found[0]
+        raise ConfigError(file, f"{prefix}{key}", problem)
 
 
 def load_config(path: Path) -> Config:
@@ -187,6 +206,10 @@ def load_config(path: Path) -> Config:
             "retention_file": _rel(base, settings.retention_file),
         }
     )
+    notify = _resolve_paths(settings.notify, base, path, "notify.")
+    assert isinstance(notify, NotifyCfg)
+    _check_notify(path, "notify.", notify)
+    settings = settings.model_copy(update={"notify": notify})
     _check_tz(path, "scheduler.timezone", settings.scheduler.timezone)
 
     jobs: dict[str, JobBase] = {}
