@@ -112,7 +112,8 @@ def _row(st: JobStatus, public: bool) -> str:
             if st.last_drill_restore_seconds is not None:
                 drill += f" (restore {st.last_drill_restore_seconds:.1f}s)"
         cells += [
-            ("Size trend", f"{sparkline(st.recent_sizes)} <span class=\"muted\">{esc(size)}</span>"),
+            ("Size trend", f"{sparkline(st.recent_sizes)} <span class=\"muted\">{esc(size)}</span>"
+                           if st.last_backup_bytes is not None else "-"),
             ("Last drill", esc(drill)),
             ("S3", esc(_s3(st))),
         ]

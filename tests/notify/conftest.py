@@ -66,7 +66,7 @@ def _handler(rec: Receiver) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(b"OK")
 
-        do_GET = do_POST  # noqa: N815
+        do_GET = do_POST
 
     return H
 
@@ -128,14 +128,16 @@ def smtp_server(tmp_path: Path) -> Iterator[Smtp]:
     smtp = Smtp(port=free_port(), ca_file=cert, messages=messages)
 
     class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             messages.append(envelope)
             return "250 OK"
 
     def auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-        ok = isinstance(data, LoginPassword) and data.login == smtp.user.encode() and data.password == smtp.password.encode()
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            smtp.user.encode(), smtp.password.encode())
         # an explicit 535: aiosmtpd 1.4 answers nothing to a failed AUTH PLAIN without a message
-        return AuthResult(success=ok, handled=False, message=None if ok else "535 5.7.8 Authentication credentials invalid")
+        rejected = "535 5.7.8 Authentication credentials invalid"
+        return AuthResult(success=ok, handled=False, message=None if ok else rejected)
 
     controller = Controller(
         Handler(), hostname="127.0.0.1", port=smtp.port, tls_context=context, require_starttls=True,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -87,12 +86,15 @@ def test_failure_once_then_recovered_with_signature_and_healthchecks(
     set_job(cfg, "alpha", source=str(tmp_path / "src") + "/")
     rc, _, _ = run_cli(capsys, "--config", str(cfg), "run", "alpha")
     assert rc == 0 and receiver.events() == ["failure", "recovered"]
-    assert [r.path for r in receiver.requests if r.path.startswith("/hc/")][-2:] == ["/hc/abc-123/start", "/hc/abc-123"]
+    pings = [r.path for r in receiver.requests if r.path.startswith("/hc/")]
+    assert pings[-2:] == ["/hc/abc-123/start", "/hc/abc-123"]
     rc, _, _ = run_cli(capsys, "--config", str(cfg), "run", "alpha")
     assert rc == 0 and receiver.events() == ["failure", "recovered"], "success is not in `on`"
 
 
-def test_job_notify_table_overrides_global(tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]) -> None:
+def test_job_notify_table_overrides_global(
+    tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = start_receiver()
     try:
         cfg = setup(tmp_path, {"webhook_urls": [other.url()]})
@@ -153,7 +155,9 @@ def test_undeliverable_is_reported_in_events_status_and_metrics(
     assert 'backupd_notify_failures_total{channel="webhook"} 1.0' in text
 
 
-def test_hanging_webhook_cannot_hold_up_a_run(tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hanging_webhook_cannot_hold_up_a_run(
+    tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
     receiver.mode = "hang"
     cfg = setup(tmp_path, {"webhook_urls": [receiver.url()], "on": ["success"], "timeout": 1, "attempts": 2})
     t0 = time.monotonic()
@@ -313,7 +317,8 @@ def test_apprise_not_installed_names_the_extra(
 
     monkeypatch.setattr(builtins, "__import__", no_apprise)
     cfg = setup(tmp_path, {"apprise_urls": ["ntfy://ntfy.sh/topic"]})
-    assert "notify.apprise_urls[0]: apprise is not installed: pip install 'backupd[apprise]'" in _load_error(capsys, cfg)
+    expected = "notify.apprise_urls[0]: apprise is not installed: pip install 'backupd[apprise]'"
+    assert expected in _load_error(capsys, cfg)
 
 
 def test_promtool_accepts_the_alert_rules() -> None:
@@ -327,5 +332,3 @@ def test_promtool_accepts_the_alert_rules() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "BackupdS3CopiesLagging" in rules.read_text() and "BackupdNotificationsUndeliverable" in rules.read_text()
 
-
-assert os.sep == "/"
