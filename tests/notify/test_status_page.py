@@ -120,7 +120,8 @@ def test_public_and_off_modes_and_html_file(tmp_path: Path, capsys: pytest.Captu
 
     st = JobStatus(job="db<1>", type="files", enabled=True, schedule="@daily", timezone="UTC",
                    last_run_outcome="failed", last_run_error="job db, host secret-host, step dump: boom",
-                   last_backup_id="20261201T000000Z", recent_sizes=[1, 2, 3], last_backup_bytes=3, next_run=datetime.now(UTC))
+                   last_backup_id="20261201T000000Z", recent_sizes=[1, 2, 3], last_backup_bytes=3,
+                   next_run=datetime.now(UTC))
     public = render_page([st], "public", "backup1")
     assert "db&lt;1&gt;" in public and 'data-state="failing"' in public
     assert "secret-host" not in public and "20261201T000000Z" not in public and "<svg" not in public
