@@ -19,6 +19,7 @@ import pytest
 
 from backupd.lab.content import write_config
 from tests.conftest import run_cli, wait_for
+from tests.notify.conftest import Receiver
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -36,7 +37,7 @@ def browser(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=90)
 
 
-def _config(tmp_path: Path, page: str = "full") -> Path:
+def _config(tmp_path: Path, page: str = "full", notify: dict[str, object] | None = None) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("hello\n")
@@ -49,7 +50,7 @@ def _config(tmp_path: Path, page: str = "full") -> Path:
     return write_config(tmp_path / "etc", jobs, settings={
         "http": {"listen": "127.0.0.1:0", "status_page": page},
         "scheduler": {"catchup": "none"},
-        "notify": {"on": []},
+        "notify": notify or {"on": []},
     })
 
 
@@ -74,8 +75,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(40)
 
 
-def test_status_page_in_a_browser(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = _config(tmp_path)
+def test_status_page_in_a_browser(tmp_path: Path, capsys: pytest.CaptureFixture[str], receiver: Receiver) -> None:
+    cfg = _config(tmp_path, notify={"on": ["overdue"], "webhook_urls": [receiver.url()]})
     for _ in range(3):  # a few backups for the size trend
         assert run_cli(capsys, "--config", str(cfg), "run", "alpha")[0] == 0
         (tmp_path / "src" / f"more-{_}.txt").write_text("x" * 5000 * (_ + 1))
@@ -106,6 +107,10 @@ def test_status_page_in_a_browser(tmp_path: Path, capsys: pytest.CaptureFixture[
         phone = tmp_path / "status-page-phone.png"
         browser("--screenshot=" + str(phone), "--window-size=390,844", url)
         assert phone.is_file()
+        # the daemon's own checks: the jobs that never succeeded are overdue, reported once each
+        wait_for(lambda: len(receiver.requests) >= 2, 20, "overdue notifications from the daemon")
+        assert sorted(r.json()["job"] for r in receiver.requests) == ["broken", "idle"]
+        assert set(receiver.events()) == {"overdue"}
         keep = os.environ.get("BACKUPD_TEST_ARTIFACTS")
         if keep:
             for p in (shot, phone):
