@@ -87,6 +87,9 @@ def run_job(config: Config, name: str, trigger: str, events: EventLog, progress:
 def _unrecorded(config: Config, result: RunResult, events: EventLog) -> RunResult:
     """A failure with no catalog to keep state or an outbox in: sent once, as it is."""
     notify(config, None, events, Message("failure", job=result.job, step=result.step, error=result.error))
+    tail = "\n".join(events.tail)
+    notify(config, None, events, Message("failure", job=result.job, step=result.step, error=result.error,
+                                         stage="fail", log_tail=tail))
     return result
 
 
