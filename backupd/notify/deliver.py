@@ -21,6 +21,10 @@ from backupd.store.catalog import Catalog, now_iso
 
 BACKOFF = 0.5  # seconds before the 2nd try, doubled for each further one
 MAX_INTERVAL = 3600.0  # the outbox's longest wait between retries
+DOWN_FOR = 60.0  # a channel that just failed is not tried again by this process for this long
+# channel key -> (monotonic time it failed, error): the next messages of a run go straight to the outbox, so a
+# channel that hangs costs a run one deadline, not one per message
+_down: dict[str, tuple[float, str]] = {}
 
 
 @dataclass
@@ -90,8 +94,16 @@ def notify(
         targets = [c for c in chans.build(config, msg.job) if c.wants(msg) and c.key not in (exclude or set())]
         if not targets:
             return []
-        results = send_now(targets, msg, float(cfg.timeout), cfg.attempts)
+        now = time.monotonic()
+        down = {c.key: _down[c.key][1] for c in targets if c.key in _down and now - _down[c.key][0] < DOWN_FOR}
+        results = send_now([c for c in targets if c.key not in down], msg, float(cfg.timeout), cfg.attempts)
+        results += [Result(c, f"{down[c.key]} (failed moments ago, not tried again)") for c in targets
+                    if c.key in down]
         for r in results:
+            if not r.ok and r.channel.key not in down:
+                _down[r.channel.key] = (time.monotonic(), r.error or "failed")
+            elif r.ok:
+                _down.pop(r.channel.key, None)
             if r.ok:
                 events.event("notified", channel=r.channel.label, notify_event=msg.event, stage=msg.stage)
                 continue
