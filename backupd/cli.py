@@ -530,10 +530,18 @@ def _when(value: str | None) -> str:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    from backupd.daemon.status import all_status
+    from backupd.daemon.status import all_status, notify_status
 
     config = load(args)
-    jobs = [s.to_json() for s in all_status(config, reconcile=True)]
+    if args.notify:  # timer mode's notification checks and outbox retries (backupd-notify.timer)
+        from backupd.daemon.watch import check_all
+
+        check_all(config, events_for(config))
+    statuses = all_status(config, reconcile=True)
+    if args.html:
+        _write_html(config, Path(args.html), statuses)
+    jobs = [s.to_json() for s in statuses]
+    outbox = notify_status(config)
     overdue = [j["job"] for j in jobs if j["overdue"]]
     if args.json:
         print_json(jobs)
@@ -559,10 +567,61 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"{j['job']}: warning: {w}")
             if j["last_drill_outcome"] == "failed" and j["last_drill_error"]:
                 print(f"{j['job']}: last drill failed: {j['last_drill_error']}")
+            if j["s3_enabled"]:
+                last = _when(j["s3_last_copy_at"])
+                owed = f"{j['s3_pending']} pending" if j["s3_pending"] else "in sync"
+                print(f"{j['job']}: s3 {owed}, last copy {last}" + (f": {j['s3_error']}" if j["s3_error"] else ""))
+        for kind, n in sorted(outbox.undeliverable.items()):
+            print(f"notify: {n} message(s) undeliverable via {kind}")
+        for line in outbox.recent:
+            print(f"notify: undeliverable: {line}")
+        for kind, n in sorted(outbox.pending.items()):
+            print(f"notify: {n} message(s) waiting for a retry via {kind}")
     if overdue:
         print(f"backupd: overdue: {', '.join(overdue)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _write_html(config: Any, path: Path, statuses: list[Any]) -> None:
+    """`status --html FILE`: the daemon's status page as a file (written whole, then renamed into place)."""
+    import socket
+
+    from backupd.daemon.page import render_page
+    from backupd.daemon.status import notify_status
+
+    mode = config.settings.http.status_page
+    mode = "full" if mode == "off" else mode
+    text = render_page(statuses, mode, socket.gethostname(), notify_status(config) if mode == "full" else None)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+@command("notify")
+def cmd_notify(args: argparse.Namespace) -> int:
+    from backupd.notify import channels
+    from backupd.notify.deliver import send_now
+    from backupd.notify.message import Message
+
+    config = load(args)
+    if args.notify_cmd != "test":
+        raise UsageError("notify: use 'notify test [--job JOB]'")
+    if args.job:
+        config.job(args.job)
+    cfg = config.notify_for(args.job)
+    targets = channels.build(config, args.job)
+    if not targets:
+        print("no notification channels configured" + (f" for job {args.job}" if args.job else ""))
+        return EXIT_OK
+    failed = 0
+    for ch in targets:
+        msg = Message("test", job=args.job, stage="log" if ch.kind == "healthchecks" else None)
+        [result] = send_now([ch], msg, float(cfg.timeout), 1)
+        print(f"{ch.label}: {'ok' if result.ok else result.error}")
+        failed += 0 if result.ok else 1
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 @command("daemon")
@@ -727,6 +786,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="per job: last good backup, age, overdue, next run")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--notify", action="store_true",
+                   help="also run the notification checks and retry the outbox (timer mode)")
+    s.add_argument("--html", metavar="FILE", help="also write the status page to FILE")
+
+    s = sub.add_parser("notify", help="notifications: 'notify test' sends a test through every channel")
+    ns = s.add_subparsers(dest="notify_cmd", metavar="test")
+    t = ns.add_parser("test", help="send a test event through every configured channel (exit 1 if any failed)")
+    t.add_argument("--job", help="the job's channels (its [notify] table and healthchecks_url)")
 
     s = sub.add_parser("check-config", help="validate the configuration")
     s.add_argument("--connect", action="store_true", help="also check that every source is reachable")

@@ -18,13 +18,15 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from backupd.errors import ConfigError
+from backupd.notify.channels import http_url_problem, problems
 from backupd.schedule import Schedule
-from backupd.settings import Config, GlobalCfg, JobBase, RetentionCfg, StateCfg, StorageCfg
+from backupd.settings import Config, GlobalCfg, JobBase, JobNotifyCfg, NotifyCfg, RetentionCfg, StateCfg, StorageCfg
 from backupd.sources import job_models, source_types
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SECRET_KEYS = {"password_file", "key_file"}  # a file that holds a secret: 0600 expected
+# files that hold a secret (URLs with tokens included): 0600 expected
+SECRET_KEYS = {"password_file", "key_file", "webhook_secret_file", "healthchecks_url_file", "apprise_urls_file"}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -184,7 +186,25 @@ def load_job(path: Path, default_tz: str, warnings: list[str] | None = None) -> 
         _check_schedule(path, "drill_schedule", job.drill_schedule, tz)
     resolved = _resolve_paths(job, path.parent, path, warnings if warnings is not None else [])
     assert isinstance(resolved, JobBase)
+    if resolved.notify is not None:
+        _check_notify(path, "notify.", resolved.notify)
+    if resolved.healthchecks_url and resolved.healthchecks_url_file:
+        raise ConfigError(path, "healthchecks_url", "set healthchecks_url or healthchecks_url_file, not both")
+    hc = resolved.healthchecks_url or (
+        resolved.healthchecks_url_file.read_text().strip() if resolved.healthchecks_url_file else None
+    )
+    if hc is not None and (problem := http_url_problem(hc)) is not None:
+        key = "healthchecks_url" if resolved.healthchecks_url else "healthchecks_url_file"
+        raise ConfigError(path, key, problem)
     return resolved
+
+
+def _check_notify(file: Path, prefix: str, cfg: NotifyCfg | JobNotifyCfg) -> None:
+    """Bad webhook URLs, unknown Apprise schemes or a missing apprise extra stop the load, naming the key."""
+    found = problems(cfg)
+    if found:
+        key, problem = found[0]
+        raise ConfigError(file, f"{prefix}{key}", problem)
 
 
 def load_config(path: Path) -> Config:
@@ -206,6 +226,11 @@ def load_config(path: Path) -> Config:
             "retention_file": _rel(base, settings.retention_file),
         }
     )
+    warnings: list[str] = []
+    notify = _resolve_paths(settings.notify, base, path, warnings, "notify.")
+    assert isinstance(notify, NotifyCfg)
+    _check_notify(path, "notify.", notify)
+    settings = settings.model_copy(update={"notify": notify})
     _check_tz(path, "scheduler.timezone", settings.scheduler.timezone)
     if settings.scheduler.verify_schedule:
         _check_schedule(path, "scheduler.verify_schedule", settings.scheduler.verify_schedule,
@@ -213,7 +238,6 @@ def load_config(path: Path) -> Config:
 
     jobs: dict[str, JobBase] = {}
     files: dict[str, Path] = {}
-    warnings: list[str] = []
     jobs_dir = settings.jobs_dir
     if jobs_dir.is_dir():
         for job_path in sorted(jobs_dir.glob("*.toml")):

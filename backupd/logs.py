@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -17,6 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+TAIL_LINES = 200
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 # Each event's level; any other event is "info". `[logging] level` drops the events below it.
 EVENT_LEVELS = {
@@ -28,6 +30,8 @@ EVENT_LEVELS = {
     "s3_failed": "error",
     "failed": "error",
     "kill": "warning",
+    "notify_failed": "warning",
+    "notify_undeliverable": "warning",
 }
 
 
@@ -52,13 +56,12 @@ class EventLog:
         self.quiet = quiet
         self.tty = tty and not self.json
         self.context: dict[str, Any] = {}
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)  # the last lines, for a Healthchecks ping's body
 
     def bind(self, **fields: Any) -> None:
         self.context.update(fields)
 
     def event(self, event: str, **fields: Any) -> None:
-        if self.quiet:
-            return
         level = event_level(event, fields)
         if LEVELS[level] < self.min_level:
             return
@@ -66,12 +69,16 @@ class EventLog:
         record.update(self.context)
         record.update({k: v for k, v in fields.items() if v is not None})
         if self.json:
-            self.stream.write(json.dumps(record, default=str) + "\n")
+            line = json.dumps(record, default=str)
         else:
             extras = " ".join(
                 f"{k}={v}" for k, v in record.items() if k not in {"ts", "event", "job", "backup_id", "level"}
             )
-            self.stream.write(f"{record.get('job', '')} {event} {extras}".strip() + "\n")
+            line = f"{record.get('job', '')} {event} {extras}".strip()
+        self.tail.append(line)
+        if self.quiet:
+            return
+        self.stream.write(line + "\n")
         self.stream.flush()
 
 

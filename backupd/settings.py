@@ -100,6 +100,7 @@ class S3Cfg(Strict):
 
 class HttpCfg(Strict):
     listen: str = "127.0.0.1:9187"
+    status_page: Literal["full", "public", "off"] = "full"
 
     @model_validator(mode="after")
     def _host_port(self) -> HttpCfg:
@@ -109,10 +110,91 @@ class HttpCfg(Strict):
         return self
 
 
+NotifyEvent = Literal[
+    "failure", "success", "recovered", "overdue", "drill_failure", "s3_failure", "s3_lag", "low_space",
+    "pitr_gap", "notify_failure", "test",
+]
+DEFAULT_NOTIFY_ON: list[NotifyEvent] = [
+    "failure", "recovered", "overdue", "drill_failure", "s3_failure", "s3_lag", "low_space", "pitr_gap",
+    "notify_failure",
+]
+# keys of the first [notify] table that are gone, and the one line saying what to write instead
+_REPLACED_NOTIFY_KEYS = {
+    "webhook_url": 'webhook_url was replaced by webhook_urls: write webhook_urls = ["..."]',
+    "command": "command is no longer supported: use webhook_urls, apprise_urls or [notify.email] instead",
+}
+
+
+def _no_replaced_keys(data: object) -> object:
+    if isinstance(data, dict):
+        for key, message in _REPLACED_NOTIFY_KEYS.items():
+            if key in data:
+                raise ValueError(message)
+    return data
+
+
+class EmailCfg(Strict):
+    """[notify.email]: SMTP with STARTTLS (or implicit TLS on port 465), certificates verified."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    to: list[str] = Field(min_length=1)
+    from_: str = Field(alias="from")
+    smtp_host: str
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    user: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None  # a private CA (or a self-signed server certificate) to trust instead
+
+
 class NotifyCfg(Strict):
-    webhook_url: str | None = None
-    command: list[str] | None = None
-    on: list[Literal["failure", "success", "overdue", "drill_failure"]] = ["failure"]
+    """[notify]: which events, how often a persisting state is repeated, and the channels."""
+
+    on: list[NotifyEvent] = DEFAULT_NOTIFY_ON
+    repeat: Duration = 24 * 3600
+    s3_lag: Duration = 6 * 3600
+    low_space_margin: float = Field(default=1.5, ge=0)
+    webhook_urls: list[str] = []
+    webhook_urls_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    apprise_urls: list[str] = []
+    apprise_urls_file: Path | None = None
+    email: EmailCfg | None = None
+    timeout: Duration = 10  # per attempt and channel
+    attempts: int = Field(default=3, ge=1, le=10)  # tries right away, with backoff, before the outbox
+    outbox_attempts: int = Field(default=8, ge=0, le=100)  # later retries before "undeliverable"
+    retry_interval: Duration = 60  # the outbox's first retry; doubled each time, at most 1h
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: object) -> object:
+        return _no_replaced_keys(data)
+
+
+class JobNotifyCfg(Strict):
+    """A job's own [notify]: the keys it sets replace the global ones for that job."""
+
+    on: list[NotifyEvent] | None = None
+    repeat: Duration | None = None
+    s3_lag: Duration | None = None
+    low_space_margin: float | None = Field(default=None, ge=0)
+    webhook_urls: list[str] | None = None
+    webhook_urls_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    apprise_urls: list[str] | None = None
+    apprise_urls_file: Path | None = None
+    email: EmailCfg | None = None
+    timeout: Duration | None = None
+    attempts: int | None = Field(default=None, ge=1, le=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: object) -> object:
+        return _no_replaced_keys(data)
+
+    def over(self, base: NotifyCfg) -> NotifyCfg:
+        return base.model_copy(update={k: getattr(self, k) for k in self.model_fields_set})
 
 
 class LoggingCfg(Strict):
@@ -182,6 +264,9 @@ class JobBase(Strict):
     drill_pick: Literal["newest", "rotate"] = "rotate"
     drill: DrillCfg = DrillCfg()
     compression: CompressionCfg | None = None  # replaces [compression] for this job (e.g. level 1 for RDBs)
+    notify: JobNotifyCfg | None = None  # overrides [notify] key by key for this job
+    healthchecks_url: str | None = None  # a Healthchecks-compatible check pinged by every run
+    healthchecks_url_file: Path | None = None
 
 
 # ---------------------------------------------------------------- retention
@@ -232,6 +317,13 @@ class Config:
         except KeyError:
             known = ", ".join(sorted(self.jobs)) or "none"
             raise UsageError(f"unknown job {name!r} (configured jobs: {known})") from None
+
+    def notify_for(self, name: str | None) -> NotifyCfg:
+        """The [notify] settings for a job (its own table over the global one), or the global ones."""
+        job = self.jobs.get(name) if name else None
+        if job is None or job.notify is None:
+            return self.settings.notify
+        return job.notify.over(self.settings.notify)
 
     def job_timezone(self, name: str) -> str:
         return self.jobs[name].timezone or self.settings.scheduler.timezone

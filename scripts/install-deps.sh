@@ -4,14 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# chromium: the status page's browser test (headless); prometheus: promtool checks the alert rules;
+# openssl: the SMTP test's self-signed certificate
 PACKAGES=(mariadb-server mariadb-client redis-server redis-tools openssh-server openssh-client rsync zstd tar
-          systemd)
+          systemd chromium prometheus openssl)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 missing=0
 for bin in mariadbd mariadb-install-db mariadb-dump redis-server redis-check-rdb /usr/sbin/sshd ssh rsync zstd \
-           systemd-analyze; do
+           systemd-analyze chromium promtool openssl; do
   command -v "$bin" >/dev/null 2>&1 || missing=1
 done
 if [ "$missing" -eq 1 ]; then
@@ -22,4 +24,4 @@ if [ "$missing" -eq 1 ]; then
 fi
 
 PY="${PYTHON:-python3}"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[dev,apprise]"

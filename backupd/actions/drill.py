@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from backupd.actions.restore import ensure_intact, pick_backup
 from backupd.errors import BackupdError, UsageError
 from backupd.fsutil import ensure_private_dir
+from backupd.logs import EventLog
+from backupd.notify import report as notify_report
 from backupd.scratch.base import ScratchError
 from backupd.settings import Config
 from backupd.sources import source_for
@@ -70,8 +73,21 @@ def drill_pick(store: Store, catalog: Catalog, job: str, pick: str, backup_id: s
     return min(good[:-1], key=lambda b: (drilled.get(b.backup_id, ""), b.backup_id))
 
 
-def drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | None = None) -> DrillReport:
-    """Drill one job; the outcome is recorded in the catalog whatever happens (interrupts included)."""
+def drill_job(
+    config: Config, name: str, catalog: Catalog, backup_id: str | None = None, events: EventLog | None = None
+) -> DrillReport:
+    """Drill one job; the outcome is recorded in the catalog whatever happens (interrupts included), then a
+    failure (or the first good drill after one) is notified."""
+    out = _drill_job(config, name, catalog, backup_id)
+    bad = next((c.check for c in out.checks if not c.ok), None)
+    notify_report.drill_finished(
+        config, catalog, events or EventLog(config.settings.logging.format, quiet=True), name, out.backup_id,
+        out.ok, out.error, bad,
+    )
+    return out
+
+
+def _drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | None) -> DrillReport:
     job = config.job(name)
     store = Store(config.store_root)
     try:
@@ -120,7 +136,8 @@ def drill_jobs(config: Config, names: list[str], backup_id: str | None = None) -
     if backup_id and len(names) != 1:
         raise UsageError("drill: --backup ID goes with exactly one JOB")
     catalog = Catalog(config.state_dir)
+    events = EventLog(config.settings.logging.format, stream=sys.stderr, level="warning")
     try:
-        return [drill_job(config, n, catalog, backup_id) for n in names]
+        return [drill_job(config, n, catalog, backup_id, events) for n in names]
     finally:
         catalog.close()

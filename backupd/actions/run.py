@@ -22,6 +22,9 @@ from backupd.engine.signals import Terminated, terminate_on_signals
 from backupd.errors import BackupdError, StepError
 from backupd.fsutil import ensure_private_dir
 from backupd.logs import ByteProgress, EventLog
+from backupd.notify import report
+from backupd.notify.deliver import notify
+from backupd.notify.message import Message
 from backupd.settings import Config, JobBase
 from backupd.sources import source_for
 from backupd.sources.base import DumpContext
@@ -41,6 +44,8 @@ class RunResult:
     bytes: int
     duration: float
     path: Path | None = None
+    step: str | None = None
+    s3_error: str | None = None  # the backup is committed, its S3 copy failed
 
 
 def iso(dt: datetime) -> str:
@@ -60,16 +65,32 @@ def run_job(config: Config, name: str, trigger: str, events: EventLog, progress:
     try:
         state = ensure_private_dir(config.state_dir)
     except OSError as exc:  # no state dir: nothing can be recorded, but the failure is still said
-        return _failed(name, None, exc, "start", t0, events)
+        return _unrecorded(config, _failed(name, None, exc, "start", t0, events), events)
     with job_lock(state, name), terminate_on_signals():
         try:
             catalog = Catalog(state)
         except (OSError, sqlite3.Error, BackupdError) as exc:
-            return _failed(name, None, exc, "catalog", t0, events)
+            return _unrecorded(config, _failed(name, None, exc, "catalog", t0, events), events)
         try:
-            return _run_locked(config, name, job, trigger, events, progress, catalog)
+            report.run_started(config, catalog, events, name)
+            result = _run_locked(config, name, job, trigger, events, progress, catalog)
+            # the outcome is recorded: notifications now, which can neither change nor hold it up for long
+            if result.ok and result.backup_id is not None:
+                report.run_succeeded(config, catalog, events, name, result.backup_id, result.bytes, result.s3_error)
+            elif not result.ok:
+                report.run_failed(config, catalog, events, name, result.step, result.error or "failed")
+            return result
         finally:
             catalog.close()
+
+
+def _unrecorded(config: Config, result: RunResult, events: EventLog) -> RunResult:
+    """A failure with no catalog to keep state or an outbox in: sent once, as it is."""
+    notify(config, None, events, Message("failure", job=result.job, step=result.step, error=result.error))
+    tail = "\n".join(events.tail)
+    notify(config, None, events, Message("failure", job=result.job, step=result.step, error=result.error,
+                                         stage="fail", log_tail=tail))
+    return result
 
 
 def _failed(
@@ -83,7 +104,7 @@ def _failed(
     if recorder is not None:
         recorder(msg, failed_step, duration)
     events.event("failed", step=failed_step, duration=round(duration, 3), outcome="failed", error=msg)
-    return RunResult(name, False, None, msg, 0, duration)
+    return RunResult(name, False, None, msg, 0, duration, step=failed_step)
 
 
 def _run_locked(
@@ -169,11 +190,12 @@ def _run_locked(
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     # The backup is committed and the run recorded as ok: nothing after this point can undo that.
+    hook_errors: dict[str, str] = {}
     try:
-        after_commit(config, name, stored, catalog, events)
+        hook_errors = after_commit(config, name, stored, catalog, events)
     except Terminated as exc:
         events.event("warning", step="after commit", error=f"{exc}: S3 copy and pruning resume on the next run")
-    return RunResult(name, True, backup_id, None, total, duration, final)
+    return RunResult(name, True, backup_id, None, total, duration, final, s3_error=hook_errors.get("copy_hook"))
 
 
 class InternalError(BackupdError):
@@ -201,18 +223,26 @@ def _one_line(job: str, exc: BaseException, step: str) -> str:
     return " ".join(text.split())
 
 
-def after_commit(config: Config, name: str, backup: StoredBackup, catalog: Catalog, events: EventLog) -> None:
-    """Hooks that run once a backup is safely committed: S3 copy, retention, notifications.
+def after_commit(
+    config: Config, name: str, backup: StoredBackup, catalog: Catalog, events: EventLog
+) -> dict[str, str]:
+    """Hooks that run once a backup is safely committed: S3 copy, retention.
 
-    None of them can un-commit the backup; their failures are reported and retried on the next run.
+    None of them can un-commit the backup; their failures are reported (returned by hook name, for the
+    notifications) and retried on the next run.
     """
+    errors: dict[str, str] = {}
     for hook in AFTER_COMMIT_HOOKS:
+        hook_name = getattr(hook, "__name__", "hook")
         try:
             hook(config, name, backup, catalog, events)
         except BackupdError as exc:
-            events.event("warning", step=getattr(hook, "__name__", "hook"), error=str(exc))
+            errors[hook_name] = str(exc)
+            events.event("warning", step=hook_name, error=str(exc))
         except Exception as exc:  # a hook bug must not turn a committed backup into a failed run
-            events.event("warning", step=getattr(hook, "__name__", "hook"), error=f"{type(exc).__name__}: {exc}")
+            errors[hook_name] = f"{type(exc).__name__}: {exc}"
+            events.event("warning", step=hook_name, error=errors[hook_name])
+    return errors
 
 
 AfterCommit = Callable[[Config, str, StoredBackup, Catalog, EventLog], None]

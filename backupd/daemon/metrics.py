@@ -17,10 +17,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from backupd.daemon.status import JobStatus, all_status
+from backupd.daemon.status import JobStatus, NotifyStatus, all_status, notify_status
 from backupd.settings import Config
 
 OUTCOMES = ("ok", "failed")
+CHANNELS = ("webhook", "healthchecks", "email", "apprise")
 
 
 class CatalogCollector(Collector):
@@ -33,6 +34,7 @@ class CatalogCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         jobs = all_status(self._config(), datetime.now(UTC))
         yield from job_metrics(jobs)
+        yield from notify_metrics(notify_status(self._config()))
         if self._extra is not None:
             for name, value in sorted(self._extra().items()):
                 yield GaugeMetricFamily(name, f"backupd daemon: {name.removeprefix('backupd_daemon_')}", value=value)
@@ -56,6 +58,8 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
     last_failed = gauge("backupd_last_run_failed", "1 when the last finished run failed")
     running = gauge("backupd_job_running", "1 while a run of the job is in progress")
     runs = CounterMetricFamily("backupd_runs", "Finished runs by outcome", labels=["backup_job", "outcome"])
+    s3_pending = gauge("backupd_s3_pending_backups", "Committed backups not yet copied to S3 (pending or failed)")
+    s3_ok = gauge("backupd_last_s3_copy_success_timestamp_seconds", "Last time a copy of the job was checked in S3")
     for st in jobs:
         pairs: list[tuple[GaugeMetricFamily, Any]] = [
             (last_ok, _ts(st.last_success_at)),
@@ -67,13 +71,27 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
             (drill_dur, st.last_drill_duration),
             (last_failed, None if st.last_run_outcome is None else float(st.last_run_outcome == "failed")),
             (running, 1.0 if st.running else 0.0),
+            (s3_pending, st.s3_pending),
+            (s3_ok, _ts(st.s3_last_copy_at)),
         ]
         for family, value in pairs:
             if value is not None:
                 family.add_metric([st.job], float(value))
         for outcome in OUTCOMES:
             runs.add_metric([st.job, outcome], float(st.runs_total.get(outcome, 0)))
-    return [last_ok, duration, size, overdue, next_run, drill_ok, drill_dur, last_failed, running, runs]
+    return [last_ok, duration, size, overdue, next_run, drill_ok, drill_dur, last_failed, running, runs, s3_pending,
+            s3_ok]
+
+
+def notify_metrics(st: NotifyStatus) -> list[Metric]:
+    failures = CounterMetricFamily(
+        "backupd_notify_failures", "Notifications given up as undeliverable, by channel", labels=["channel"]
+    )
+    pending = GaugeMetricFamily("backupd_notify_pending", "Notifications waiting in the outbox", labels=["channel"])
+    for ch in sorted(set(CHANNELS) | set(st.undeliverable) | set(st.pending)):
+        failures.add_metric([ch], float(st.undeliverable.get(ch, 0)))
+        pending.add_metric([ch], float(st.pending.get(ch, 0)))
+    return [failures, pending]
 
 
 def make_registry(

@@ -16,6 +16,7 @@ import os
 import random
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,8 +29,10 @@ from typing import Any, Literal
 
 from backupd.config import load_config
 from backupd.daemon.metrics import make_registry, render
+from backupd.daemon.page import render_page
 from backupd.daemon.sdnotify import Notifier, child_environ
-from backupd.daemon.status import all_status
+from backupd.daemon.status import all_status, notify_status
+from backupd.daemon.watch import Watcher
 from backupd.errors import EXIT_LOCKED, EXIT_OK, BackupdError
 from backupd.logs import EventLog
 from backupd.schedule import Schedule
@@ -109,6 +112,7 @@ class Daemon:
         self._last_mono = time.monotonic()
         self._next_watchdog = 0.0
         self._status_text = ""
+        self.watcher = Watcher(lambda: self.config, events)
 
     # ------------------------------------------------------------ setup
 
@@ -167,6 +171,7 @@ class Daemon:
         now = datetime.now(UTC)
         self._build_entries(now)
         self._start_http()
+        self.watcher.start()
         self.events.event(
             "daemon_start",
             pid=os.getpid(),
@@ -193,6 +198,7 @@ class Daemon:
                             pass
         finally:
             sel.close()
+            self.watcher.stop()
             if self.http is not None:
                 self.http.server_close()
             if self._catalog is not None:
@@ -376,16 +382,15 @@ class Daemon:
         duration = round(time.time() - task.started_wall, 3)
         pid = task.proc.pid if task.proc else 0
         if task.reason == "timeout":
-            self._record_killed(
-                task,
-                pid,
-                f"job {task.job}: {task.kind} timed out after {task.timeout:.0f}s (stopped by the daemon)",
-                overwrite=True,
-            )
+            error = f"job {task.job}: {task.kind} timed out after {task.timeout:.0f}s (stopped by the daemon)"
+            self._record_killed(task, pid, error, overwrite=True)
+            if task.kind == "backup":
+                self.watcher.failure(task.job, "timeout", error)
         elif rc < 0 and task.kind == "backup":
-            self._record_killed(
-                task, pid, f"job {task.job}: run killed by signal {signal.Signals(-rc).name}", overwrite=False
-            )
+            error = f"job {task.job}: run killed by signal {signal.Signals(-rc).name}"
+            self._record_killed(task, pid, error, overwrite=False)
+            if task.reason is None:  # not our own stop: nobody else will say it
+                self.watcher.failure(task.job, "killed", error)
         if task.reason is not None and task.proc is not None:
             # a run we stopped may leave helpers (ssh, rsync) in its session; the group outlives its leader
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -561,6 +566,17 @@ class Daemon:
             out.append(d)
         return out
 
+    def page(self) -> str | None:
+        mode = self.config.settings.http.status_page
+        if mode == "off":
+            return None
+        snap = self.snapshot
+        jobs = all_status(self.config)
+        for st in jobs:
+            st.running = st.running or st.job in snap.running
+        notify = notify_status(self.config) if mode == "full" else None
+        return render_page(jobs, mode, socket.gethostname(), notify)
+
     def metric_extras(self) -> dict[str, float]:
         snap = self.snapshot
         return {
@@ -601,6 +617,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _page(self, text: str) -> None:
+        body = text.encode()
+        self.send_response(200)
+        for header, value in (
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            # self-contained by design: nothing to load, nothing to run, no framing
+            ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:;"
+                                        " frame-ancestors 'none'"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),
+        ):
+            self.send_header(header, value)
+        self.end_headers()
+        self.wfile.write(body)
+
     def _json(self, code: int, value: object) -> None:
         self._send(code, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode(), "application/json")
 
@@ -608,7 +641,13 @@ class _Handler(BaseHTTPRequestHandler):
         daemon = self.server.daemon_ref
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
-            if path == "/health":
+            if path == "/":
+                page = daemon.page()
+                if page is None:
+                    self._json(404, {"error": "the status page is off ([http] status_page)"})
+                else:
+                    self._page(page)
+            elif path == "/health":
                 ok = daemon.healthy()
                 age = round(time.monotonic() - daemon.snapshot.heartbeat, 3)
                 self._json(
@@ -623,7 +662,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body, ctype = render(_Handler._registry)
                 self._send(200, body, ctype)
             else:
-                self._json(404, {"error": "not found", "paths": ["/health", "/health/jobs", "/metrics"]})
+                self._json(404, {"error": "not found", "paths": ["/", "/health", "/health/jobs", "/metrics"]})
         except Exception as exc:  # a broken scrape must not kill the thread
             self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
 

@@ -68,10 +68,31 @@ class JobStatus:
     last_drill_error: str | None = None
     last_drill_duration: float | None = None
     last_drill_success_at: datetime | None = None
+    last_drill_restore_seconds: float | None = None
     runs_total: dict[str, int] = field(default_factory=dict)
+    recent_sizes: list[int] = field(default_factory=list)  # stored bytes of the last backups, oldest first
+    s3_enabled: bool = False
+    s3_pending: int | None = None  # backups owed to S3 (pending or failed copies)
+    s3_last_copy_at: datetime | None = None
+    s3_error: str | None = None  # the last failed copy's error, while one is owed
+    failing_since: datetime | None = None  # from the notification state: when the failures began
+
+    @property
+    def state(self) -> str:
+        """ok | failing | overdue | never run | disabled: the one word the status page shows."""
+        if not self.enabled:
+            return "disabled"
+        if self.last_run_outcome == "failed":
+            return "failing"
+        if self.overdue:
+            return "overdue"
+        if self.last_success_at is None:
+            return "never run"
+        return "ok"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out["state"] = self.state
         for k, v in out.items():
             if isinstance(v, datetime):
                 out[k] = v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -141,11 +162,33 @@ def job_status(config: Config, catalog: Catalog, name: str, now: datetime) -> Jo
         st.last_drill_error = drill["error"]
         start, end = parse_ts(drill["started_at"]), parse_ts(drill["finished_at"])
         st.last_drill_duration = (end - start).total_seconds() if start and end else None
+        st.last_drill_restore_seconds = drill["restore_seconds"]
     good = db.execute(
         "SELECT started_at FROM drills WHERE job=? AND outcome='ok' ORDER BY id DESC LIMIT 1", (name,)
     ).fetchone()
     if good is not None:
         st.last_drill_success_at = parse_ts(good[0])
+
+    st.recent_sizes = [
+        int(r[0]) for r in db.execute(
+            "SELECT bytes FROM (SELECT bytes, backup_id FROM backups WHERE job=? AND deleted_at IS NULL"
+            " ORDER BY backup_id DESC LIMIT 20) ORDER BY backup_id", (name,)
+        )
+    ]
+    if config.settings.s3.enabled:
+        st.s3_enabled = True
+        owed = db.execute(
+            "SELECT COUNT(*), MAX(CASE WHEN s3_state='failed' THEN s3_error END) FROM backups WHERE job=?"
+            " AND s3_state IN ('pending', 'failed') AND deleted_at IS NULL", (name,)
+        ).fetchone()
+        st.s3_pending, st.s3_error = int(owed[0]), owed[1]
+        copied = db.execute(
+            "SELECT MAX(s3_checked_at) FROM backups WHERE job=? AND s3_state='copied'", (name,)
+        ).fetchone()
+        st.s3_last_copy_at = parse_ts(copied[0])
+    failing = catalog.notify_state(name, "failure")
+    if failing is not None and st.last_run_outcome == "failed":
+        st.failing_since = parse_ts(failing["since"])
 
     if job.enabled:
         st.next_run = sched.next_after(now)
@@ -173,5 +216,34 @@ def all_status(config: Config, now: datetime | None = None, *, reconcile: bool =
             for name in sorted(config.jobs):
                 catalog.reconcile(store, name, config.settings.s3.enabled)
         return [job_status(config, catalog, name, now) for name in sorted(config.jobs)]
+    finally:
+        catalog.close()
+
+
+@dataclass
+class NotifyStatus:
+    """The outbox: messages waiting for a retry and those given up, by channel kind."""
+
+    pending: dict[str, int] = field(default_factory=dict)
+    undeliverable: dict[str, int] = field(default_factory=dict)
+    recent: list[str] = field(default_factory=list)  # one line per message given up, newest first
+
+
+def notify_status(config: Config) -> NotifyStatus:
+    catalog = Catalog(config.state_dir)
+    try:
+        out = NotifyStatus()
+        for (kind, state), n in catalog.outbox_counts().items():
+            if state == "pending":
+                out.pending[kind] = n
+            elif state == "undeliverable":
+                out.undeliverable[kind] = n
+        for r in catalog.outbox_undeliverable(5):
+            who = f" of job {r['job']}" if r["job"] else ""
+            out.recent.append(
+                f"{r['event']}{who} ({r['created_at'][:19].replace('T', ' ')} UTC) via {r['channel'].split(':')[0]}:"
+                f" {r['last_error']}"
+            )
+        return out
     finally:
         catalog.close()

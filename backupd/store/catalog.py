@@ -89,6 +89,27 @@ CREATE TABLE IF NOT EXISTS verifications (  -- every re-verification; the verdic
     problem TEXT
 );
 CREATE INDEX IF NOT EXISTS verifications_job ON verifications(job, at);
+CREATE TABLE IF NOT EXISTS notify_state (   -- a reported state (failing, overdue, ...) of a job or the store
+    job TEXT NOT NULL,              -- '' for states of no one job
+    kind TEXT NOT NULL,             -- failure | overdue | drill_failure | s3_failure | s3_lag | low_space | ...
+    since TEXT NOT NULL,
+    last_sent TEXT NOT NULL,
+    detail TEXT,
+    PRIMARY KEY (job, kind)
+);
+CREATE TABLE IF NOT EXISTS outbox (         -- messages a channel did not take yet; never the channel's URL
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,          -- kind:fingerprint, e.g. webhook:3f2a9c01b7d4
+    job TEXT,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,          -- the message as JSON
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at TEXT NOT NULL,
+    last_error TEXT,
+    state TEXT NOT NULL DEFAULT 'pending'   -- pending | sent | undeliverable
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_at);
 """
 
 
@@ -338,6 +359,68 @@ class Catalog:
         """When each backup of `job` was last drilled (any outcome): what rotating drills pick by."""
         q = "SELECT backup_id, MAX(started_at) FROM drills WHERE job=? AND backup_id IS NOT NULL GROUP BY backup_id"
         return {r[0]: r[1] for r in self.db.execute(q, (job,))}
+
+    # ------------------------------------------------------------ notification state and outbox
+
+    def notify_state(self, job: str, kind: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.db.execute(
+            "SELECT * FROM notify_state WHERE job=? AND kind=?", (job, kind)
+        ).fetchone()
+        return row
+
+    def set_notify_state(self, job: str, kind: str, *, sent: bool, detail: str | None = None) -> None:
+        """Enter (or stay in) a state; `sent` moves its last_sent to now."""
+        now = now_iso()
+        self.db.execute(
+            "INSERT INTO notify_state (job, kind, since, last_sent, detail) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(job, kind) DO UPDATE SET detail=excluded.detail,"
+            " last_sent=CASE WHEN ? THEN excluded.last_sent ELSE last_sent END",
+            (job, kind, now, now, detail, sent),
+        )
+
+    def clear_notify_state(self, job: str, kind: str) -> bool:
+        """Leave a state; True when the job was in it."""
+        cur = self.db.execute("DELETE FROM notify_state WHERE job=? AND kind=?", (job, kind))
+        return cur.rowcount > 0
+
+    def outbox_add(
+        self, channel: str, job: str | None, event: str, payload: str, attempts: int, next_at: str, error: str
+    ) -> int:
+        cur = self.db.execute(
+            "INSERT INTO outbox (channel, job, event, payload, created_at, attempts, next_at, last_error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (channel, job, event, payload, now_iso(), attempts, next_at, error),
+        )
+        return int(cur.lastrowid or 0)
+
+    def outbox_due(self, now: str) -> list[sqlite3.Row]:
+        return list(
+            self.db.execute("SELECT * FROM outbox WHERE state='pending' AND next_at<=? ORDER BY id", (now,))
+        )
+
+    def outbox_update(
+        self, entry_id: int, state: str, attempts: int, next_at: str | None = None, error: str | None = None
+    ) -> None:
+        self.db.execute(
+            "UPDATE outbox SET state=?, attempts=?, next_at=COALESCE(?, next_at), last_error=? WHERE id=?",
+            (state, attempts, next_at, error, entry_id),
+        )
+
+    def outbox_delete(self, entry_id: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE id=?", (entry_id,))
+
+    def outbox_counts(self) -> dict[tuple[str, str], int]:
+        """(channel kind, state) -> count of messages, for metrics and status."""
+        out: dict[tuple[str, str], int] = {}
+        for r in self.db.execute("SELECT channel, state, COUNT(*) FROM outbox GROUP BY channel, state"):
+            key = (str(r[0]).split(":", 1)[0], str(r[1]))
+            out[key] = out.get(key, 0) + int(r[2])
+        return out
+
+    def outbox_undeliverable(self, limit: int = 20) -> list[sqlite3.Row]:
+        return list(
+            self.db.execute("SELECT * FROM outbox WHERE state='undeliverable' ORDER BY id DESC LIMIT ?", (limit,))
+        )
 
     # ------------------------------------------------------------ rebuild
 

@@ -48,14 +48,16 @@ def installed_copy(tmp_path: Path) -> Path:
 def test_units_verify(tmp_path: Path) -> None:
     units = installed_copy(tmp_path)
     names = sorted(str(p) for p in units.iterdir())
-    assert len(names) == 7  # backupd, run@, drill@ (service + timer each), verify (service + timer)
+    assert len(names) == 9  # backupd, run@, drill@, verify and notify (service + timer each but backupd)
     result = analyze("verify", *names)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
 
 
 @pytest.mark.parametrize(
-    "unit", ["backupd.service", "backupd-run@.service", "backupd-drill@.service", "backupd-verify.service"]
+    "unit",
+    ["backupd.service", "backupd-run@.service", "backupd-drill@.service", "backupd-verify.service",
+     "backupd-notify.service"],
 )
 def test_units_security_exposure(unit: str) -> None:
     result = analyze("security", "--offline=yes", str(UNITS / unit))
@@ -72,6 +74,19 @@ def test_daemon_unit_contract() -> None:
     timer = (UNITS / "backupd-run@.timer").read_text()
     assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer
     assert "SuccessExitStatus=75" in (UNITS / "backupd-run@.service").read_text()
+
+
+def test_notify_unit_contract() -> None:
+    """backupd-notify runs `status --notify` every few minutes as the run unit's user, with its hardening."""
+    service = (UNITS / "backupd-notify.service").read_text()
+    assert "status --notify" in service and "User=backupd" in service and "SuccessExitStatus=1" in service
+    run = (UNITS / "backupd-run@.service").read_text()
+    hardening = [line for line in run.splitlines() if "=" in line and not line.startswith("#")
+                 and line.split("=")[0] in {"NoNewPrivileges", "ProtectSystem", "SystemCallFilter", "PrivateUsers"}]
+    for line in hardening:
+        assert line in service
+    timer = (UNITS / "backupd-notify.timer").read_text()
+    assert "OnUnitActiveSec=" in timer and "Persistent=true" in timer
 
 
 def _settings(text: str) -> list[str]:

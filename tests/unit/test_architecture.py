@@ -23,10 +23,11 @@ LAYERS: dict[str, int] = {
     "engine": 2,
     "store": 3, "scratch": 3,
     "sources": 4,
-    "config": 5,
-    "actions": 6,
-    "daemon": 7, "lab": 7,
-    "cli": 8, "__main__": 9,
+    "notify": 5,
+    "config": 6,
+    "actions": 7,
+    "daemon": 8, "lab": 8,
+    "cli": 9, "__main__": 10,
 }
 
 
