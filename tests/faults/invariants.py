@@ -185,7 +185,8 @@ def check_invariants(
 
     `next_run` (default: `backupd run JOB` in this process) returns (exit code, stderr). `damaged` are the
     backups the test broke on purpose: they must be reported bad, and are not compared byte for byte.
-    `pruned_ok`: retention may delete earlier backups in the next run (only ones still there are compared).
+    `pruned_ok`: retention may delete earlier backups (in the faulty run or the next one, after a copy to S3);
+    only the ones still there are compared.
     `unindexable`: damaged backups whose manifest cannot be read; a rebuild from the manifests cannot index
     them, so their rows are the only ones allowed to go.
     """
@@ -194,7 +195,7 @@ def check_invariants(
     # 3. the earlier backups are untouched (checked before the next run, which may prune)
     now = snapshot(t)
     for bid, files in before.items():
-        if bid in damaged:
+        if bid in damaged or (pruned_ok and bid not in now):
             continue
         assert bid in now, f"backup {bid} disappeared"
         assert now[bid] == files, f"backup {bid} changed: {sorted(set(files.items()) ^ set(now[bid].items()))}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import backupd.store.backups as backups_mod
+from backupd.fsutil import fsync_dir as fsutil_fsync_dir
 from backupd.lab.content import DUMP_GRANTS, write_config, write_secret
 from backupd.scratch.mariadb import MariaDB
 from tests.conftest import run_cli
@@ -272,7 +273,7 @@ def test_commit_durability_order(
         assert len(json.loads((t.job_dir / t.committed()[-1] / "manifest.json").read_text())["artifacts"]) == 2
 
     # the checker is not vacuous: each fsync removed in turn is reported
-    real_fsync_dir = backups_mod.fsync_dir
+    real_fsync_dir = fsutil_fsync_dir
     job_dir = os.path.realpath(t.job_dir)
 
     def no_job_dir_fsync(path: Path) -> None:
