@@ -563,6 +563,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         for j in jobs:
             if j["last_run_outcome"] == "failed" and j["last_run_error"]:
                 print(f"{j['job']}: last run failed: {j['last_run_error']}")
+            if j["oldest_proven_at"]:
+                n = j["s3_read_cycles"]
+                cycles = f"; S3 copies all re-read every {n} verifications" if n else ""
+                failures = sum(j["verify_failures"].values())
+                print(f"{j['job']}: oldest last verified {_when(j['oldest_proven_at'])}"
+                      f" ({human_age(j['oldest_unverified_age_seconds'])} ago), next verify {_when(j['next_verify'])}"
+                      f"{cycles}" + (f", {failures} failed verification(s)" if failures else ""))
+            if j["drill_cycle_seconds"]:
+                print(f"{j['job']}: drills restore each of {j['kept_backups']} kept backup(s) once every "
+                      f"{human_age(j['drill_cycle_seconds'])}")
             for w in j["last_backup_warnings"]:
                 print(f"{j['job']}: warning: {w}")
             if j["last_drill_outcome"] == "failed" and j["last_drill_error"]:
@@ -712,6 +722,24 @@ def cmd_drill(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 
+@command("repair")
+def cmd_repair(args: argparse.Namespace) -> int:
+    from backupd.actions.repair import repair
+    from backupd.engine.signals import terminate_on_signals
+
+    config = load(args)
+    backup = _find_backup(config, args.backup)
+    catalog = _catalog(config)
+    try:
+        with terminate_on_signals():
+            lines = repair(config, catalog, backup)
+    finally:
+        catalog.close()
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
 def not_implemented(what: str) -> int:
     print(f"backupd: {what}: not implemented yet", file=sys.stderr)
     return EXIT_USAGE
@@ -773,6 +801,9 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in restore_options():  # each source declares the options its restore takes
         extra: dict[str, Any] = {"metavar": opt.metavar} if opt.action != "store_true" else {}
         s.add_argument(opt.flag, dest=opt.dest, action=opt.action, default=opt.default, help=opt.help, **extra)
+
+    s = sub.add_parser("repair", help="restore a bad local or S3 copy of a backup from its good twin, verified")
+    s.add_argument("backup", metavar="[JOB/]BACKUP_ID")
 
     s = sub.add_parser("drill", help="restore the latest backup into a scratch target and compare")
     s.add_argument("jobs", nargs="*", metavar="JOB")

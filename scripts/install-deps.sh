@@ -7,15 +7,17 @@ cd "$(dirname "$0")/.."
 # chromium: the status page's browser test (headless); prometheus: promtool checks the alert rules;
 # openssl: the SMTP test's self-signed certificate
 PACKAGES=(mariadb-server mariadb-client redis-server redis-tools openssh-server openssh-client rsync zstd tar
-          systemd chromium prometheus openssl)
+          systemd chromium prometheus openssl postgresql postgresql-client)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 missing=0
 for bin in mariadbd mariadb-install-db mariadb-dump redis-server redis-check-rdb /usr/sbin/sshd ssh rsync zstd \
-           systemd-analyze chromium promtool openssl; do
+           systemd-analyze chromium promtool openssl pg_dump pg_dumpall pg_restore psql; do
   command -v "$bin" >/dev/null 2>&1 || missing=1
 done
+# Debian keeps the PostgreSQL server binaries (initdb, postgres: the scratch servers drills use) off PATH
+ls /usr/lib/postgresql/*/bin/postgres /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1
 if [ "$missing" -eq 1 ]; then
   echo "installing Debian packages: ${PACKAGES[*]}"
   $SUDO apt-get update -qq

@@ -60,8 +60,19 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
     runs = CounterMetricFamily("backupd_runs", "Finished runs by outcome", labels=["backup_job", "outcome"])
     s3_pending = gauge("backupd_s3_pending_backups", "Committed backups not yet copied to S3 (pending or failed)")
     s3_ok = gauge("backupd_last_s3_copy_success_timestamp_seconds", "Last time a copy of the job was checked in S3")
+    verify_ok = gauge("backupd_last_verify_success_timestamp_seconds", "Last good re-verification of a backup")
+    unverified = gauge(
+        "backupd_oldest_unverified_backup_age_seconds", "Age of the oldest proof among the kept backups"
+    )
+    verify_failures = CounterMetricFamily(
+        "backupd_verify_failures", "Re-verifications that found a copy bad", labels=["backup_job", "where"]
+    )
     for st in jobs:
+        for where in ("local", "s3"):
+            verify_failures.add_metric([st.job, where], float(st.verify_failures.get(where, 0)))
         pairs: list[tuple[GaugeMetricFamily, Any]] = [
+            (verify_ok, _ts(st.last_verify_success_at)),
+            (unverified, st.oldest_unverified_age_seconds),
             (last_ok, _ts(st.last_success_at)),
             (duration, st.last_run_duration),
             (size, st.last_backup_bytes),
@@ -80,7 +91,7 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
         for outcome in OUTCOMES:
             runs.add_metric([st.job, outcome], float(st.runs_total.get(outcome, 0)))
     return [last_ok, duration, size, overdue, next_run, drill_ok, drill_dur, last_failed, running, runs, s3_pending,
-            s3_ok]
+            s3_ok, verify_ok, unverified, verify_failures]
 
 
 def notify_metrics(st: NotifyStatus) -> list[Metric]:

@@ -10,6 +10,7 @@ would be coalesced with the next fire anyway), plus the scheduler's jitter.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,14 @@ class JobStatus:
     last_drill_restore_seconds: float | None = None
     runs_total: dict[str, int] = field(default_factory=dict)
     recent_sizes: list[int] = field(default_factory=list)  # stored bytes of the last backups, oldest first
+    last_verify_success_at: datetime | None = None  # the last good re-verification of a backup of the job
+    oldest_proven_at: datetime | None = None  # the oldest "last verified" (or commit) among its kept backups
+    oldest_unverified_age_seconds: float | None = None
+    verify_failures: dict[str, int] = field(default_factory=dict)  # copy (local, s3) -> failed verifications
+    next_verify: datetime | None = None
+    s3_read_cycles: int | None = None  # scheduled verifications it takes to have re-read every S3 copy
+    kept_backups: int = 0
+    drill_cycle_seconds: float | None = None  # rotating drills: how long until every kept backup was drilled
     s3_enabled: bool = False
     s3_pending: int | None = None  # backups owed to S3 (pending or failed copies)
     s3_last_copy_at: datetime | None = None
@@ -175,6 +184,24 @@ def job_status(config: Config, catalog: Catalog, name: str, now: datetime) -> Jo
             " ORDER BY backup_id DESC LIMIT 20) ORDER BY backup_id", (name,)
         )
     ]
+    proof = catalog.verification_summary(name)
+    st.last_verify_success_at = parse_ts(proof["last_ok"])
+    st.oldest_proven_at = parse_ts(proof["oldest_proven"])
+    if st.oldest_proven_at is not None:
+        st.oldest_unverified_age_seconds = max(0.0, (now - st.oldest_proven_at).total_seconds())
+    st.verify_failures = proof["failures"]
+    st.kept_backups = int(db.execute(
+        "SELECT COUNT(*) FROM backups WHERE job=? AND deleted_at IS NULL AND verified=1", (name,)
+    ).fetchone()[0])
+    verify_expr = config.settings.scheduler.verify_schedule
+    if verify_expr and job.enabled:
+        st.next_verify = Schedule.parse(verify_expr, config.settings.scheduler.timezone).next_after(now)
+    fraction = config.settings.s3.verify_read_fraction
+    if config.settings.s3.enabled and fraction > 0:
+        st.s3_read_cycles = math.ceil(1 / fraction)
+    if job.drill_schedule:
+        st.drill_cycle_seconds = drill_cycle(Schedule.parse(job.drill_schedule, tz), now, st.kept_backups,
+                                             job.drill_pick)
     if config.settings.s3.enabled:
         st.s3_enabled = True
         owed = db.execute(
@@ -201,6 +228,16 @@ def job_status(config: Config, catalog: Catalog, name: str, now: datetime) -> Jo
             st.drill_schedule = job.drill_schedule
             st.next_drill = Schedule.parse(job.drill_schedule, tz).next_after(now)
     return st
+
+
+def drill_cycle(sched: Schedule, now: datetime, kept: int, pick: str) -> float | None:
+    """Seconds until every kept backup has been drilled once: rotating drills alternate the newest with one
+    older backup, so the `kept - 1` older ones take two drill periods each (newest-only drills: one period)."""
+    first = sched.next_after(now)
+    period = (sched.next_after(first) - first).total_seconds()
+    if pick != "rotate" or kept <= 1:
+        return period
+    return period * 2 * (kept - 1)
 
 
 def all_status(config: Config, now: datetime | None = None, *, reconcile: bool = False) -> list[JobStatus]:

@@ -13,6 +13,7 @@ from backupd.sources.base import RestoreOption, Source
 from backupd.sources.files import FilesSource
 from backupd.sources.mongo import MongoSource
 from backupd.sources.mysql import MySQLSource
+from backupd.sources.postgresql import PostgresSource
 from backupd.sources.redis import RedisSource
 from backupd.sources.wordpress import WordPressSource
 
@@ -20,6 +21,7 @@ SOURCES: tuple[Source[Any], ...] = (
     MongoSource(),
     RedisSource(),
     MySQLSource(),
+    PostgresSource(),
     FilesSource(),
     WordPressSource(),
 )

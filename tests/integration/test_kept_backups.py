@@ -1,0 +1,187 @@
+"""Every kept backup stays proven: the scheduled re-verification finds a flipped byte in an old backup and an
+object altered in the bucket, retention then keeps an extra older good one, `repair` restores the bad copy
+from its good twin, both copies bad is kept and reported, an interrupted verification resumes, a running job
+is left alone, rotating drills reach every kept backup, and the daemon runs the verification on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backupd.lab.content import write_config
+from backupd.lab.s3 import MotoS3
+from backupd.store.locks import job_lock
+from tests.conftest import run_cli, wait_for
+from tests.integration.test_daemon import DaemonProc
+
+
+@pytest.fixture
+def s3_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
+    for k, v in moto_s3.env().items():
+        monkeypatch.setenv(k, v)
+    yield moto_s3
+
+
+def site(
+    tmp_path: Path, n: int, s3: MotoS3 | None = None, size: int = 20_000, **extra: Any
+) -> tuple[str, list[str], str | None]:
+    """A files job with `n` committed backups (each of a changed tree); (config, backup ids, bucket)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    settings: dict[str, Any] = {}
+    bucket = None
+    if s3 is not None:
+        bucket = f"bk-{uuid.uuid4().hex[:12]}"
+        s3.create_bucket(bucket)
+        settings["s3"] = {"enabled": True, "bucket": bucket, "prefix": "b/", "endpoint_url": s3.endpoint_url,
+                          "region": "us-east-1", "verify_read_fraction": 1.0}
+    job = {"type": "files", "source": f"{src}/", "schedule": "@yearly", **extra}
+    cfg = str(write_config(tmp_path / "etc", {"site": job}, settings=settings))
+    for i in range(n):
+        (src / f"page{i}.bin").write_bytes(os.urandom(size))
+        rc, _, err = run_cli_plain(cfg, "run", "site")
+        assert rc == 0, err
+    ids = sorted(p.name for p in (tmp_path / "etc" / "store" / "site").iterdir() if not p.name.startswith("."))
+    return cfg, ids, bucket
+
+
+def run_cli_plain(cfg: str, *args: str) -> tuple[int, str, str]:
+    out = subprocess.run([sys.executable, "-m", "backupd", "--config", cfg, *args], capture_output=True, text=True,
+                         timeout=120, check=False)
+    return out.returncode, out.stdout, out.stderr
+
+
+def flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def artifact(cfg: str, backup_id: str) -> Path:
+    return next((Path(cfg).parent / "store" / "site" / backup_id).glob("files.tar*"))
+
+
+def verifications(cfg: str) -> list[tuple[str, str, int]]:
+    db = sqlite3.connect(Path(cfg).parent / "state" / "catalog.sqlite")
+    try:
+        return [tuple(r) for r in db.execute("SELECT backup_id, copy, ok FROM verifications ORDER BY id")]
+    finally:
+        db.close()
+
+
+def test_bad_monthly_found_retention_keeps_an_extra_good_one(tmp_path: Path) -> None:
+    cfg, (a, b, c), _ = site(tmp_path, 3)
+    write_config(tmp_path / "etc", {"site": {"type": "files", "source": f"{tmp_path}/src/", "schedule": "@yearly"}},
+                 retention={"default": {"keep_last": 2}})
+    rc, out, _ = run_cli_plain(cfg, "prune", "--dry-run", "--json")
+    assert {d["backup_id"]: d["action"] for d in json.loads(out)}[a] == "delete"
+    flip(artifact(cfg, b))  # bit rot in a kept backup
+    rc, out, err = run_cli_plain(cfg, "verify", "--scheduled")
+    assert rc == 1 and f"site/{b}: BAD" in out and "sha256 mismatch" in out, out + err
+    assert [v[0] for v in verifications(cfg)][:3] == [a, b, c], "least recently verified first"
+    rc, out, _ = run_cli_plain(cfg, "prune", "--dry-run", "--json")
+    actions = {d["backup_id"]: d["action"] for d in json.loads(out)}
+    assert actions == {a: "keep", b: "keep", c: "keep"}, "the bad one no longer counts: an older good one is kept"
+    rc, out, _ = run_cli_plain(cfg, "status")
+    assert "1 failed verification(s)" in out and "oldest last verified" in out
+
+
+def test_sampled_read_finds_an_altered_object_and_repair_reuploads_it(tmp_path: Path, s3_env: MotoS3) -> None:
+    cfg, (a, b), bucket = site(tmp_path, 2, s3_env)
+    assert bucket is not None
+    key = f"b/site/{b}/{artifact(cfg, b).name}"
+    client = s3_env.client()
+    client.put_object(Bucket=bucket, Key=key, Body=b"not the archive")  # altered in the bucket
+    rc, out, err = run_cli_plain(cfg, "repair", f"site/{b}")
+    assert rc == 0 and "S3 copy re-uploaded from the good local copy and read back: ok" in out, out + err
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == artifact(cfg, b).read_bytes()
+
+    client.put_object(Bucket=bucket, Key=key, Body=b"altered again")
+    rc, out, err = run_cli_plain(cfg, "verify", "--scheduled")  # found by the sampled read, copied again
+    assert rc == 1 and f"s3 site/{b}: BAD" in out and f"s3 {'site/' + b}: copied, ok" in out, out + err
+    verdict = json.loads((Path(cfg).parent / "store" / "site" / b / "verification.json").read_text())
+    assert verdict["s3"]["ok"] is False and verdict["s3"]["level"] == "read" and verdict["local"]["ok"] is True
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == artifact(cfg, b).read_bytes()
+    rc, out, err = run_cli_plain(cfg, "verify", "--scheduled")
+    assert rc == 0, out + err
+
+
+def test_repair_restores_a_bad_local_copy_from_s3_and_both_bad_is_kept(tmp_path: Path, s3_env: MotoS3) -> None:
+    cfg, (a, b), bucket = site(tmp_path, 2, s3_env)
+    assert bucket is not None
+    good = artifact(cfg, a).read_bytes()
+    flip(artifact(cfg, a))
+    rc, out, err = run_cli_plain(cfg, "repair", f"site/{a}")
+    assert rc == 0 and "restored from s3://" in out and "local copy verified again: ok" in out, out + err
+    assert artifact(cfg, a).read_bytes() == good
+
+    flip(artifact(cfg, b))
+    s3_env.client().put_object(Bucket=bucket, Key=f"b/site/{b}/{artifact(cfg, b).name}", Body=b"x")
+    rc, out, err = run_cli_plain(cfg, "repair", f"site/{b}")
+    assert rc == 1 and "both copies are bad; the backup is kept and marked bad" in err
+    assert artifact(cfg, b).exists()
+    rc, out, _ = run_cli_plain(cfg, "list", "--json")
+    assert {r["backup_id"]: r["verified"] for r in json.loads(out)} == {a: True, b: False}
+
+
+def test_interrupted_verification_resumes_and_a_running_job_is_left_alone(tmp_path: Path) -> None:
+    cfg, ids, _ = site(tmp_path, 6, size=4 << 20)  # backups of 4..24 MiB: a SIGTERM lands part-way
+    proc = subprocess.Popen([sys.executable, "-m", "backupd", "--config", cfg, "verify", "--scheduled"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: len(verifications(cfg)) >= 1 or proc.poll() is not None, 60, "a first verdict")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    first = [v[0] for v in verifications(cfg)]
+    assert 1 <= len(first) < len(ids), "the verification was interrupted part-way"
+    rc, out, err = run_cli_plain(cfg, "verify", "--scheduled")
+    assert rc == 0, out + err
+    second = [v[0] for v in verifications(cfg)][len(first):]
+    assert set(second) == set(ids)
+    untouched = [i for i in ids if i not in first]
+    assert second[: len(untouched)] == untouched, "the next verification starts with what the last one missed"
+
+    with job_lock(Path(cfg).parent / "state", "site"):  # a run of the job is going
+        rc, out, err = run_cli_plain(cfg, "verify", "--scheduled")
+    assert rc == 0 and out.count("skipped (the job is running") == len(ids), out + err
+
+
+def test_rotating_drills_reach_every_kept_backup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, (a, b, c), _ = site(tmp_path, 3)
+    drilled = []
+    for _ in range(5):
+        rc, out, err = run_cli(capsys, "--config", cfg, "drill", "site", "--json")
+        assert rc == 0, err
+        drilled.append(json.loads(out)[0]["backup_id"])
+    assert drilled == [c, a, c, b, c], "newest, then the kept backup drilled least recently, never drilled first"
+    rc, out, err = run_cli(capsys, "--config", cfg, "drill", "site", "--backup", a, "--json")
+    assert rc == 0 and json.loads(out)[0]["backup_id"] == a, err
+
+
+def test_bad_verify_schedule_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path / "etc", {}, settings={"scheduler": {"verify_schedule": "every sunday"}})
+    rc, _, err = run_cli(capsys, "--config", str(cfg), "check-config")
+    assert rc == 2 and "scheduler.verify_schedule" in err and "Traceback" not in err
+
+
+def test_the_daemon_reverifies_on_its_schedule(tmp_path: Path) -> None:
+    cfg, (a,), _ = site(tmp_path, 1)
+    flip(artifact(cfg, a))
+    write_config(tmp_path / "etc", {"site": {"type": "files", "source": f"{tmp_path}/src/", "schedule": "@yearly"}},
+                 settings={"http": {"listen": "127.0.0.1:0"}, "scheduler": {"verify_schedule": "* * * * *"}})
+    d = DaemonProc(Path(cfg))
+    try:
+        d.wait_event("spawned", timeout=75, job="site", kind="verify")
+        d.wait_event("exited", timeout=60, job="site", kind="verify")
+    finally:
+        d.stop()
+    assert (a, "local", 0) in verifications(cfg)
