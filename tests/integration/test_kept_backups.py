@@ -97,7 +97,7 @@ def test_bad_monthly_found_retention_keeps_an_extra_good_one(tmp_path: Path) -> 
 
 
 def test_sampled_read_finds_an_altered_object_and_repair_reuploads_it(tmp_path: Path, s3_env: MotoS3) -> None:
-    cfg, (a, b), bucket = site(tmp_path, 2, s3_env)
+    cfg, (_, b), bucket = site(tmp_path, 2, s3_env)
     assert bucket is not None
     key = f"b/site/{b}/{artifact(cfg, b).name}"
     client = s3_env.client()
