@@ -297,3 +297,53 @@ def test_commit_durability_order(
     assert _run_traced(cli, t, monkeypatch, skip=lambda p: p.endswith("/" + first)) == [
         f"{first} not fsynced before the rename"
     ]
+
+
+# ------------------------------------------------------------------------------------------ catalog immutable
+
+
+@pytest.fixture
+def immutable_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Target]:
+    """Two files jobs after a good run each, then the catalog file made immutable (`chattr +i`, which stops
+    root too): SQLite opens it read-only and every write fails."""
+    cli = cli_for(capsys)
+    t = files_target(tmp_path)
+    jobs = t.config.parent / "jobs"
+    (jobs / "other.toml").write_text((jobs / "site.toml").read_text())
+    for job in ("site", "other"):
+        rc, _, err = cli("--config", str(t.config), "run", job)
+        assert rc == 0, err
+    catalog = t.state / "catalog.sqlite"
+    done = subprocess.run(["chattr", "+i", str(catalog)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {done.stderr.strip()}")
+    try:
+        yield t
+    finally:
+        subprocess.run(["chattr", "-i", str(catalog)], check=True)
+
+
+def test_catalog_immutable_commits_nothing(immutable_catalog: Target, capsys: pytest.CaptureFixture[str]) -> None:
+    cli, t = cli_for(capsys), immutable_catalog
+    before = snapshot(t)
+    with counted("catalog immutable (chattr +i)"):
+        done = t.run("run", t.job)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "readonly database" in done.stderr, done.stderr
+        assert t.partials() == [] and snapshot(t) == before
+        subprocess.run(["chattr", "-i", str(t.state / "catalog.sqlite")], check=True)
+        check_invariants(cli, t, before)
+
+
+@pytest.mark.xfail(strict=True, reason="a catalog write failing before the run's try block (mark_abandoned_runs, "
+                   "reconcile, start_run in actions/run.py) escapes run_job: 'unexpected error', no failed event, "
+                   "and `run --all` stops at the first job")
+def test_catalog_write_failure_is_a_one_line_failure_per_job(immutable_catalog: Target) -> None:
+    t = immutable_catalog
+    done = t.run("run", "--all")
+    assert done.returncode == 1
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert "unexpected error" not in done.stderr, done.stderr
+    assert len(lines) == 2, done.stderr  # one line per job: run --all goes on with the other job
+    assert lines[0].startswith("backupd: job other") and lines[1].startswith("backupd: job site"), lines
+    assert all("readonly database" in x for x in lines), lines
