@@ -15,6 +15,7 @@ FORMATS: dict[str, tuple[str, str]] = {
     "tar": ("backupd.formats.tarball", "TarChecker"),
     "sql-dump": ("backupd.formats.sqldump", "SqlDumpChecker"),
     "pg-plain": ("backupd.formats.pgdump", "PgPlainChecker"),
+    "pg-globals": ("backupd.formats.pgglobals", "PgGlobalsChecker"),
 }
 SNIFF_BYTES = 4096
 # format name -> its module's sniff function, when that is not `sniff` (two formats in one module)

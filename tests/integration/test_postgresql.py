@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 import zstandard
 
-from backupd.formats.registry import FORMATS
 from backupd.lab.content import write_config, write_secret
 from backupd.lab.sshd import SSHD
 from backupd.scratch.postgres import Postgres
@@ -60,11 +59,6 @@ SELECT lo_from_bytea(0, 'large object payload');
 RESET ROLE;
 """
 TABLES = ["app.blobs", "app.docs", "app.empty", "app.notes", "public.big"]
-# `verify`, `inspect` and drills re-check every artifact through the formats registry, which must list the
-# globals' format; until it does, a re-check fails the backup, so the tests that re-check wait for it.
-needs_globals_format = pytest.mark.skipif(
-    "pg-globals" not in FORMATS, reason="the pg-globals format is not in backupd/formats/registry.py yet"
-)
 
 
 def backupd(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -253,7 +247,8 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/srv/fast';
 
 
 def test_globals_only_touch_roles_the_target_lacks() -> None:
-    from backupd.sources.postgresql.globals import PgGlobalsChecker, plan_globals
+    from backupd.formats.pgglobals import PgGlobalsChecker
+    from backupd.sources.postgresql.globals import plan_globals
     from tests.conftest import feed_in_chunks
 
     result = feed_in_chunks(PgGlobalsChecker(), GLOBALS.encode(), 7)
@@ -335,7 +330,6 @@ def test_pg_dump_of_the_servers_major_or_one_line() -> None:
 # ------------------------------------------------------------------ backup, restore, drill
 
 
-@needs_globals_format
 def test_backup_is_verified_and_listed(source: Source, shared: Path) -> None:
     cfg = shared
     rows = json.loads(backupd(cfg, "list", "pg", "--json").stdout)
@@ -411,7 +405,6 @@ def test_plain_format_backs_up_and_restores(source: Source, target: tuple[Postgr
     assert db_setting(pg, "plain_copy")[0] == "app_owner"
 
 
-@needs_globals_format
 def test_drill_into_scratch_server_passes(source: Source, shared: Path) -> None:
     out = backupd(shared, "drill", "pg", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -428,7 +421,6 @@ def test_drill_into_scratch_server_passes(source: Source, shared: Path) -> None:
     assert checks[f"{label} views"]["actual"] == ["app.note_view"]
 
 
-@needs_globals_format
 def test_drill_into_configured_target_drops_its_databases(
     source: Source, shared: Path, target: tuple[Postgres, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -568,7 +560,6 @@ def _altered(path: Path, how: Callable[[bytes], bytes]) -> bytes:
     return original
 
 
-@needs_globals_format
 def test_flipped_byte_fails_verify_and_drill(source: Source) -> None:
     cfg = source.backed_up("flipped")
     art = next(newest(cfg).glob("db-*.pgdump.zst"))
@@ -585,7 +576,6 @@ def test_flipped_byte_fails_verify_and_drill(source: Source) -> None:
         art.write_bytes(original)
 
 
-@needs_globals_format
 def test_truncated_archive_is_caught_by_the_format_check(source: Source) -> None:
     """Re-hashed to match, so only the pg-custom check can tell the archive is cut short."""
     cfg = source.backed_up("truncated")

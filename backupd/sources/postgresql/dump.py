@@ -23,6 +23,7 @@ from backupd.engine.procs import CommandResult, describe_exit
 from backupd.errors import StepError
 from backupd.formats.base import FormatChecker
 from backupd.formats.pgdump import PgCustomChecker, PgPlainChecker
+from backupd.formats.pgglobals import PgGlobalsChecker
 from backupd.settings import read_secret
 from backupd.sources.base import DumpContext
 from backupd.sources.postgresql.client import (
@@ -40,7 +41,6 @@ from backupd.sources.postgresql.client import (
     server_version,
 )
 from backupd.sources.postgresql.config import PostgresJob
-from backupd.sources.postgresql.globals import PgGlobalsChecker
 
 FORMATS = {"custom": ("pg-custom", ".pgdump"), "plain": ("pg-plain", ".sql")}
 
