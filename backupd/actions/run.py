@@ -116,12 +116,17 @@ def _run_locked(
     progress: bool,
     catalog: Catalog,
 ) -> RunResult:
-    catalog.mark_abandoned_runs(name)
-    for bid in catalog.reconcile(Store(config.store_root), name, config.settings.s3.enabled):
-        events.event("reconciled", job=name, backup_id=bid, step="start", reason="committed backup had no catalog row")
-    run_id = catalog.start_run(name, trigger)
-    started = datetime.now(UTC)
     t0 = time.monotonic()
+    try:  # the catalog may refuse writes (read-only, full, locked): a failure like any other, said in one line
+        catalog.mark_abandoned_runs(name)
+        for bid in catalog.reconcile(Store(config.store_root), name, config.settings.s3.enabled):
+            events.event(
+                "reconciled", job=name, backup_id=bid, step="start", reason="committed backup had no catalog row"
+            )
+        run_id = catalog.start_run(name, trigger)
+    except (sqlite3.Error, OSError) as exc:
+        return _failed(name, None, CatalogError(exc), "catalog", t0, events)
+    started = datetime.now(UTC)
 
     def record(msg: str, step: str, duration: float) -> None:
         catalog.finish_run(run_id, "failed", error=msg, step=step, duration=duration)
@@ -196,6 +201,13 @@ def _run_locked(
     except Terminated as exc:
         events.event("warning", step="after commit", error=f"{exc}: S3 copy and pruning resume on the next run")
     return RunResult(name, True, backup_id, None, total, duration, final, s3_error=hook_errors.get("copy_hook"))
+
+
+class CatalogError(BackupdError):
+    """The catalog refused a write before the run could start (a read-only state dir, a full disk)."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(f"catalog: {type(exc).__name__}: {exc}")
 
 
 class InternalError(BackupdError):

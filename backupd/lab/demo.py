@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -26,9 +27,10 @@ from backupd.errors import EXIT_FAILED, EXIT_OK
 from backupd.lab.content import DUMP_GRANTS, make_site, seed_wordpress, write_config, write_secret
 from backupd.lab.s3 import MotoS3
 from backupd.lab.sshd import SSHD
-from backupd.scratch.base import free_port
+from backupd.scratch.base import ScratchError, free_port
 from backupd.scratch.mariadb import MariaDB
 from backupd.scratch.mongo import MongoServer
+from backupd.scratch.postgres import Postgres, server_bindir
 from backupd.scratch.redis import Redis
 from backupd.store.catalog import Catalog
 
@@ -156,6 +158,46 @@ def stage_redis(env: DemoEnv) -> None:
     }
 
 
+def stage_postgres(env: DemoEnv) -> None:
+    """A scratch PostgreSQL with a small shop schema (a view, a sequence, a function), dumped per database in
+    the custom format, its roles once; skipped with a line where Debian's postgresql is not installed."""
+    try:
+        server_bindir()
+    except ScratchError as exc:
+        raise Skipped(f"PostgreSQL: {str(exc).removeprefix('scratch: ')}") from None
+    say("starting a sandbox PostgreSQL server")
+    server = env.stack.enter_context(Postgres(env.base / "servers" / "postgres"))
+    password = "demo-" + secrets.token_hex(8)
+    server.create_role("backup", password, "LOGIN SUPERUSER")
+    server.execute("CREATE DATABASE shop;")
+    server.execute(
+        "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, since date);"
+        "INSERT INTO customers (name, since) SELECT 'customer ' || i, DATE '2024-01-01' + i"
+        " FROM generate_series(1, 500) AS i;"
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, customer int REFERENCES customers, total numeric(10,2),"
+        " lines jsonb);"
+        "INSERT INTO orders (customer, total, lines) SELECT 1 + i % 500, i * 1.25, jsonb_build_array(i, i + 1)"
+        " FROM generate_series(1, 3000) AS i;"
+        "CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 1000;"
+        "CREATE FUNCTION order_count(c int) RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM orders"
+        " WHERE customer = c';",
+        database="shop",
+    )
+    secrets_dir = env.base / "secrets"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    pw = write_secret(secrets_dir / "postgres.password", password)
+    print(f"   PostgreSQL on {server.host}:{server.port}, database shop")
+    env.jobs["postgres"] = {
+        "type": "postgresql",
+        "schedule": "15 3 * * *",
+        "host": server.host,
+        "port": server.port,
+        "user": "backup",
+        "password_file": str(pw),
+        "databases": ["shop"],
+    }
+
+
 def stage_s3(env: DemoEnv) -> None:
     """A sandbox S3 server: every committed demo backup is copied there and checked against its manifest."""
     if not _installed("moto"):
@@ -174,7 +216,7 @@ def stage_s3(env: DemoEnv) -> None:
     print(f"   S3 (moto) on {s3.endpoint_url}, bucket demo-backups")
 
 
-STAGES: list[Callable[[DemoEnv], None]] = [stage_wordpress, stage_mongo, stage_redis, stage_s3]
+STAGES: list[Callable[[DemoEnv], None]] = [stage_wordpress, stage_mongo, stage_redis, stage_postgres, stage_s3]
 
 
 def _locked(state: Path, job: str) -> bool:

@@ -335,9 +335,6 @@ def test_catalog_immutable_commits_nothing(immutable_catalog: Target, capsys: py
         check_invariants(cli, t, before)
 
 
-@pytest.mark.xfail(strict=True, reason="a catalog write failing before the run's try block (mark_abandoned_runs, "
-                   "reconcile, start_run in actions/run.py) escapes run_job: 'unexpected error', no failed event, "
-                   "and `run --all` stops at the first job")
 def test_catalog_write_failure_is_a_one_line_failure_per_job(immutable_catalog: Target) -> None:
     t = immutable_catalog
     done = t.run("run", "--all")

@@ -1,4 +1,5 @@
-"""`backupd demo`, the README's first command, end to end: every stage, and a machine without the optional
+"""`backupd demo`, the README's first command, end to end: every stage (WordPress, MongoDB, Redis, PostgreSQL,
+S3), and a machine without the optional
 demo packages (a plain `pip install backupd`), where the demo says what it skips and still succeeds."""
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     out = demo(tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "demo succeeded" in out.stdout and "skipped" not in out.stdout
-    for job in ("wordpress", "mongo", "redis"):
+    for job in ("wordpress", "mongo", "redis", "postgres"):
         assert f"{job}/" in out.stdout and "drill ok" in out.stdout
     assert "backupd verify --s3" in out.stdout
-    assert out.stdout.count("drill ok") == 3
+    assert out.stdout.count("drill ok") == 4
     assert "Traceback" not in out.stderr
     if shutil.which("mongod") is None:  # the drill says it used the stand-in, in its report and the catalog
         assert "note: restored into the nx-27017 stand-in (no mongod on this machine)" in out.stdout
@@ -48,4 +49,4 @@ def test_demo_without_the_demo_extra_says_what_it_skips(tmp_path: Path) -> None:
     assert "skipping MongoDB: no mongod on PATH and no nx-27017 stand-in" in out.stdout
     assert "skipping S3: moto's S3 server is not installed" in out.stdout
     assert "skipped (not installed here): MongoDB, S3" in out.stdout
-    assert out.stdout.count("drill ok") == 2 and "demo succeeded" in out.stdout
+    assert out.stdout.count("drill ok") == 3 and "demo succeeded" in out.stdout
