@@ -384,13 +384,15 @@ class Daemon:
         if task.reason == "timeout":
             error = f"job {task.job}: {task.kind} timed out after {task.timeout:.0f}s (stopped by the daemon)"
             self._record_killed(task, pid, error, overwrite=True)
-            if task.kind == "backup":
-                self.watcher.failure(task.job, "timeout", error)
-        elif rc < 0 and task.kind == "backup":
-            error = f"job {task.job}: run killed by signal {signal.Signals(-rc).name}"
+            if task.kind != "verify":  # a re-verification resumes; its verdicts say what it found
+                event = "failure" if task.kind == "backup" else "drill_failure"
+                self.watcher.failure(task.job, "timeout", error, event)
+        elif rc < 0 and task.kind in ("backup", "drill"):
+            what = "run" if task.kind == "backup" else "drill"
+            error = f"job {task.job}: {what} killed by signal {signal.Signals(-rc).name}"
             self._record_killed(task, pid, error, overwrite=False)
             if task.reason is None:  # not our own stop: nobody else will say it
-                self.watcher.failure(task.job, "killed", error)
+                self.watcher.failure(task.job, "killed", error, "failure" if task.kind == "backup" else "drill_failure")
         if task.reason is not None and task.proc is not None:
             # a run we stopped may leave helpers (ssh, rsync) in its session; the group outlives its leader
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -57,9 +57,9 @@ class Watcher:
     def stop(self) -> None:
         self._inbox.put(None)
 
-    def failure(self, job: str, step: str, error: str) -> None:
-        """A run the daemon had to stop or that was killed cannot say so itself."""
-        self._inbox.put(Message("failure", job=job, step=step, error=error))
+    def failure(self, job: str, step: str, error: str, event: str = "failure") -> None:
+        """A run or drill the daemon had to stop or that was killed cannot say so itself."""
+        self._inbox.put(Message(event, job=job, step=step, error=error))
 
     def _loop(self) -> None:
         catalog: Catalog | None = None
@@ -73,7 +73,9 @@ class Watcher:
             try:
                 config = self._config()
                 catalog = catalog or Catalog(config.state_dir)
-                if isinstance(msg, Message):
+                if isinstance(msg, Message) and msg.event == "drill_failure":
+                    report.drill_finished(config, catalog, self._events, msg.job or "", None, False, msg.error, None)
+                elif isinstance(msg, Message):
                     report.run_failed(config, catalog, self._events, msg.job or "", msg.step, msg.error or "")
                 else:
                     check_all(config, self._events, catalog)

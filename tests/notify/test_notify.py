@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from backupd.lab.content import write_config
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_for
 from tests.notify.conftest import Receiver, Smtp, free_port, start_receiver, stop_receiver
 
 SECRET = "hmac-key-123"
@@ -332,3 +332,41 @@ def test_promtool_accepts_the_alert_rules() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "BackupdS3CopiesLagging" in rules.read_text() and "BackupdNotificationsUndeliverable" in rules.read_text()
 
+
+
+def test_a_drill_the_daemon_times_out_is_sent(tmp_path: Path, receiver: Receiver) -> None:
+    """A drill stopped by the daemon cannot report itself: the daemon sends its drill_failure."""
+    import os
+
+    from tests.integration.test_daemon import DaemonProc
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with (src / "big.bin").open("wb") as fh:  # the drill takes longer than the 1 s timeout
+        for _ in range(6):
+            fh.write(os.urandom(64 << 20))
+    job = {"type": "files", "source": f"{src}/", "schedule": "@yearly", "timeout": 1, "drill_schedule": "@yearly"}
+    cfg = write_config(tmp_path / "etc", {"alpha": job},
+                       settings={"notify": {"timeout": 2, "attempts": 2, "webhook_urls": [receiver.url()]},
+                                 "http": {"listen": "127.0.0.1:0"}})
+    set_job(cfg, "alpha", timeout="10m")
+    rc, _, err = run_cli_sub(cfg, "run", "alpha")
+    assert rc == 0, err
+    set_job(cfg, "alpha", timeout=1)
+    d = DaemonProc(cfg)
+    try:
+        d.wait_event("exited", timeout=60, job="alpha", kind="drill", reason="timeout")
+        wait_for(lambda: "drill_failure" in receiver.events(), 30, "drill_failure sent")
+    finally:
+        d.stop()
+    sent = next(r.json() for r in receiver.requests if r.path == "/hook" and r.json()["event"] == "drill_failure")
+    assert "timed out" in sent["error"] and sent["job"] == "alpha"
+
+
+def run_cli_sub(cfg: Path, *args: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "backupd", "--config", str(cfg), *args], capture_output=True,
+                         text=True, timeout=120, check=False)
+    return out.returncode, out.stdout, out.stderr
