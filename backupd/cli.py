@@ -153,6 +153,9 @@ def _backup_rows(config: Any, job: str | None) -> list[dict[str, Any]]:
                         "trigger": b.manifest.get("trigger"),
                         "finished_at": b.manifest.get("finished_at"),
                         "path": str(b.path),
+                        # the last re-verification of each copy (from the store): ok, level, at
+                        "last_verification": {k: {f: v.get(f) for f in ("ok", "level", "at")}
+                                              for k, v in b.verdict.items()},
                     }
                 )
             for broken in store.broken(name):
@@ -179,8 +182,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no backups")
         return EXIT_OK
+    def checked(r: dict[str, Any]) -> str:
+        marks = [f"{k} {'ok' if v.get('ok') else 'BAD'} {str(v.get('at') or '')[:10]}"
+                 for k, v in sorted(r.get("last_verification", {}).items())]
+        return ", ".join(marks) or "-"
+
     print_table(
-        ["JOB", "BACKUP", "SIZE", "VERIFIED", "S3", "DRILLED"],
+        ["JOB", "BACKUP", "SIZE", "VERIFIED", "S3", "DRILLED", "LAST CHECKED"],
         [
             [
                 r["job"],
@@ -189,6 +197,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "BROKEN" if r.get("broken") else "yes" if r["verified"] else "NO",
                 r["s3"],
                 r["drilled"] or "-",
+                checked(r),
             ]
             for r in rows
         ],

@@ -111,12 +111,12 @@ class HttpCfg(Strict):
 
 
 NotifyEvent = Literal[
-    "failure", "success", "recovered", "overdue", "drill_failure", "s3_failure", "s3_lag", "low_space",
-    "pitr_gap", "notify_failure", "test",
+    "failure", "success", "recovered", "overdue", "drill_failure", "verify_failure", "s3_failure", "s3_lag",
+    "low_space", "pitr_gap", "notify_failure", "test",
 ]
 DEFAULT_NOTIFY_ON: list[NotifyEvent] = [
-    "failure", "recovered", "overdue", "drill_failure", "s3_failure", "s3_lag", "low_space", "pitr_gap",
-    "notify_failure",
+    "failure", "recovered", "overdue", "drill_failure", "verify_failure", "s3_failure", "s3_lag", "low_space",
+    "pitr_gap", "notify_failure",
 ]
 # keys of the first [notify] table that are gone, and the one line saying what to write instead
 _REPLACED_NOTIFY_KEYS = {

@@ -10,10 +10,13 @@ run is going (the run's lock is held): those backups are skipped this time, said
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from backupd.errors import BackupdError
+from backupd.logs import EventLog
+from backupd.notify import report
 from backupd.settings import Config
 from backupd.store.backups import MANIFEST, BrokenBackup, Store, StoredBackup, reading
 from backupd.store.catalog import Catalog, now_iso
@@ -153,6 +156,13 @@ def scheduled(config: Config, verifier: Verifier, jobs: list[str]) -> list[Verif
     s3 = config.settings.s3
     if s3.enabled and s3.verify_read_fraction > 0:
         out += _sample_s3(config, verifier, jobs, s3.verify_read_fraction)
+    events = EventLog(config.settings.logging.format, stream=sys.stderr, level="warning")
+    for job in jobs:  # after the verdicts are recorded: a notification can neither change nor hold them up
+        bad = [(r.backup_id, r.copy, _first(r.problems) or "bad") for r in out if r.job == job and not r.ok]
+        for backup_id, copy, problem in bad:
+            events.event("warning", job=job, backup_id=backup_id, step="verify", error=f"{copy} copy: {problem}")
+        if job in config.jobs:
+            report.verify_finished(config, verifier.catalog, events, job, bad)
     return out
 
 

@@ -74,6 +74,7 @@ class Message:
             "recovered": "backup ok again after failures",
             "overdue": "backup overdue",
             "drill_failure": "restore drill failed",
+            "verify_failure": "a stored backup failed its re-verification",
             "s3_failure": "S3 copy failed",
             "s3_lag": "backup not yet in S3",
             "low_space": "store is running out of space",

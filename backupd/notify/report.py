@@ -89,6 +89,18 @@ def drill_finished(
     report_state(config, catalog, events, msg, active=not ok)
 
 
+def verify_finished(
+    config: Config, catalog: Catalog, events: EventLog, job: str, bad: list[tuple[str, str, str]]
+) -> None:
+    """A scheduled re-verification of `job` ended: `bad` is (backup id, copy, first problem) of what it found
+    bad. Reported when it starts finding bad copies, then at most every `repeat`, and when all are good."""
+    first = bad[0] if bad else None
+    msg = Message("verify_failure", job=job, backup_id=first[0] if first else None, step="verify",
+                  error=f"{first[1]} copy: {first[2]}" if first else None,
+                  details={"bad": [f"{b}/{c}" for b, c, _ in bad[:20]]} if bad else {})
+    report_state(config, catalog, events, msg, active=bool(bad))
+
+
 # ------------------------------------------------------------------ states checked from outside a run
 
 

@@ -187,3 +187,26 @@ def test_the_daemon_reverifies_on_its_schedule(tmp_path: Path) -> None:
     finally:
         d.stop()
     assert (a, "local", 0) in verifications(cfg)
+
+
+def test_a_failed_reverification_is_notified_and_listed(tmp_path: Path) -> None:
+    """The scheduled verification's finding reaches a person (webhook), once per state change, and `list`
+    shows each backup's last check."""
+    from tests.notify.conftest import start_receiver, stop_receiver
+
+    rec = start_receiver()
+    try:
+        cfg, (a, b), _ = site(tmp_path, 2)
+        write_config(tmp_path / "etc", {"site": {"type": "files", "source": f"{tmp_path}/src/", "schedule": "@yearly"}},
+                     settings={"notify": {"timeout": 2, "attempts": 2, "webhook_urls": [rec.url()]}})
+        flip(artifact(cfg, a))
+        rc, _, _ = run_cli_plain(cfg, "verify", "--scheduled")
+        assert rc == 1
+        rc, _, _ = run_cli_plain(cfg, "verify", "--scheduled")  # still bad: not sent again within `repeat`
+        assert rec.events() == ["verify_failure"]
+        sent = rec.requests[0].json()
+        assert sent["job"] == "site" and sent["backup_id"] == a and "sha256 mismatch" in sent["error"]
+        rc, out, _ = run_cli_plain(cfg, "list")
+        assert "LAST CHECKED" in out and "local BAD" in out and "local ok" in out
+    finally:
+        stop_receiver(rec)
