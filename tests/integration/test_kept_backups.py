@@ -196,7 +196,7 @@ def test_a_failed_reverification_is_notified_and_listed(tmp_path: Path) -> None:
 
     rec = start_receiver()
     try:
-        cfg, (a, b), _ = site(tmp_path, 2)
+        cfg, (a, _), _ = site(tmp_path, 2)
         write_config(tmp_path / "etc", {"site": {"type": "files", "source": f"{tmp_path}/src/", "schedule": "@yearly"}},
                      settings={"notify": {"timeout": 2, "attempts": 2, "webhook_urls": [rec.url()]}})
         flip(artifact(cfg, a))
