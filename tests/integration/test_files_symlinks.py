@@ -93,3 +93,16 @@ def test_a_member_written_through_an_earlier_symlink_is_refused(tmp_path: Path) 
     with pytest.raises(StepError, match="path goes through the symlink up"):
         extract_tar(tar, tmp_path / "dest", yes=False)
     assert list(outside.iterdir()) == []
+
+
+def test_a_wp_config_symlinked_out_of_the_tree_is_warned(tmp_path: Path) -> None:
+    from backupd.sources.files.sync import outside_content_warnings
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    os.symlink("/etc/wordpress/config-example.net.php", mirror / "wp-config.php")
+    [warning] = outside_content_warnings(mirror, 0)
+    assert "wp-config.php is a symlink to /etc/wordpress/config-example.net.php, outside source" in warning
+    (mirror / "wp-config.php").unlink()
+    os.symlink("wp-config-real.php", mirror / "wp-config.php")
+    assert outside_content_warnings(mirror, 0) == []

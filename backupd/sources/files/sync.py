@@ -6,6 +6,7 @@ GNU tar (sorted, numeric owners) and verified by our tar reader on the way to di
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,14 @@ def outside_content_warnings(mirror: Path, links_outside: int) -> list[str]:
             "(follow_links backs such paths up as directories)"
         )
     config = mirror / "wp-config.php"
-    if config.is_file() and not config.is_symlink():
+    if config.is_symlink():  # Debian's package: /usr/share/wordpress/wp-config.php -> /etc/wordpress/...
+        target = os.readlink(config)
+        if target.startswith("/") or ".." in target.split("/"):
+            warnings.append(
+                f"wp-config.php is a symlink to {target}, outside source: the site's configuration (and where it"
+                " puts wp-content) is not in this backup"
+            )
+    elif config.is_file():
         for key, value in WP_CONTENT_RE.findall(config.read_bytes()[:1 << 20]):
             path = value.decode("utf-8", "replace")
             if path.startswith("/") or ".." in path.split("/"):
