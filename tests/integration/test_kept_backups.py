@@ -210,3 +210,34 @@ def test_a_failed_reverification_is_notified_and_listed(tmp_path: Path) -> None:
         assert "LAST CHECKED" in out and "local BAD" in out and "local ok" in out
     finally:
         stop_receiver(rec)
+
+
+def test_scheduled_verification_of_a_wordpress_job(tmp_path: Path, mariadb: Any, sshd: Any) -> None:
+    """The same over real servers: a WordPress job (MariaDB dumped through the SSH host, files over rsync)
+    whose older backup rots in the database artifact is found by the scheduled verification."""
+    import secrets as secrets_mod
+
+    from backupd.lab.content import make_site, seed_wordpress, write_secret
+
+    database = f"wpv_{secrets_mod.token_hex(4)}"
+    password = secrets_mod.token_hex(12)
+    seed_wordpress(mariadb, database, posts=50, user="wpverify", password=password)
+    site_dir = make_site(tmp_path / "www", uploads=3)
+    job = {
+        "type": "wordpress", "schedule": "@yearly",
+        "mysql": {"host": mariadb.host, "port": mariadb.port, "user": "wpverify",
+                  "password_file": str(write_secret(tmp_path / "pw", password)), "databases": [database],
+                  "via_ssh": True},
+        "files": {"source": str(site_dir)},
+        "ssh": sshd.ssh_config(),
+    }  # fmt: skip
+    cfg = str(write_config(tmp_path / "etc", {"wp": job}))
+    for _ in range(2):
+        rc, _, err = run_cli_plain(cfg, "run", "wp")
+        assert rc == 0, err
+    older, newer = sorted(p.name for p in (tmp_path / "etc" / "store" / "wp").iterdir() if not p.name.startswith("."))
+    flip(next((tmp_path / "etc" / "store" / "wp" / older).glob(f"{database}.sql*")))
+    rc, out, err = run_cli_plain(cfg, "verify", "--scheduled")
+    assert rc == 1 and f"wp/{older}: BAD" in out and f"wp/{newer}: ok" in out, out + err
+    rc, out, _ = run_cli_plain(cfg, "list", "--json")
+    assert {r["backup_id"]: r["verified"] for r in json.loads(out)} == {older: False, newer: True}
