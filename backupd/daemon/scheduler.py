@@ -325,12 +325,15 @@ class Daemon:
         limit = self.config.settings.scheduler.max_concurrent_jobs
         wall = time.time()
         for task in sorted(self.queue, key=lambda t: t.not_before):
-            if len(self.running) >= limit:
-                break
+            # the one re-verification allowed at a time runs beside the limit: it never takes a backup's slot
+            busy = sum(1 for t in self.running.values() if t.kind != "verify")
+            verifying = any(t.kind == "verify" for t in self.running.values())
+            if task.kind == "verify" and verifying:
+                continue
+            if task.kind != "verify" and busy >= limit:
+                continue
             if task.not_before > wall or self._busy(task):
                 continue
-            if task.kind == "verify" and any(t.kind == "verify" for t in self.running.values()):
-                continue  # one re-verification at a time: it is background work
             self.queue.remove(task)
             self._spawn(task)
 

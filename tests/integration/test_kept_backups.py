@@ -176,16 +176,27 @@ def test_bad_verify_schedule_is_a_config_error(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_the_daemon_reverifies_on_its_schedule(tmp_path: Path) -> None:
-    cfg, (a,), _ = site(tmp_path, 1)
+    """The daemon runs the re-verification by itself, at low priority, and it never takes a backup's slot: with
+    max_concurrent_jobs = 1 another job's backup due at the same minute still starts on time."""
+    cfg, (a,), _ = site(tmp_path, 1, size=384 << 20)  # a verification that lasts a few seconds
     flip(artifact(cfg, a))
-    write_config(tmp_path / "etc", {"site": {"type": "files", "source": f"{tmp_path}/src/", "schedule": "@yearly"}},
-                 settings={"http": {"listen": "127.0.0.1:0"}, "scheduler": {"verify_schedule": "* * * * *"}})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.txt").write_text("x\n")
+    write_config(tmp_path / "etc", {
+        "site": {"type": "files", "source": f"{tmp_path}/src/", "schedule": "@yearly"},
+        "zulu": {"type": "files", "source": f"{other}/", "schedule": "* * * * *"},  # queued after site
+    }, settings={"http": {"listen": "127.0.0.1:0"},
+                 "scheduler": {"verify_schedule": "* * * * *", "max_concurrent_jobs": 1}})
     d = DaemonProc(Path(cfg))
     try:
         d.wait_event("spawned", timeout=75, job="site", kind="verify")
-        d.wait_event("exited", timeout=60, job="site", kind="verify")
+        spawned = d.wait_event("spawned", timeout=30, job="zulu", kind="backup", trigger="schedule")
+        verified = d.wait_event("exited", timeout=120, job="site", kind="verify")
     finally:
         d.stop()
+    assert spawned["lag"] < 2, spawned
+    assert spawned["ts"] < verified["ts"], "the backup started while the verification was still running"
     assert (a, "local", 0) in verifications(cfg)
 
 
