@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd import __version__
-from backupd.engine.signals import Terminated, terminate_on_signals
 from backupd.engine.crypto import fingerprint
+from backupd.engine.signals import Terminated, terminate_on_signals
 from backupd.errors import BackupdError, StepError
 from backupd.fsutil import ensure_private_dir
 from backupd.logs import ByteProgress, EventLog

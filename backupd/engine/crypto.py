@@ -42,7 +42,7 @@ class DecryptionError(BackupdError):
 
 def fingerprint(recipient: str) -> str:
     """What manifests record of a recipient: never the key itself, enough to tell keys apart."""
-    return hashlib.sha256(recipient.strip().encode()).hexdigest()[:16]
+    return hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:16]  # bech32: one case
 
 
 def parse_recipient(text: str) -> Any:
@@ -244,7 +244,7 @@ def open_decrypted(path: Path, identities: Sequence[Any] | None = None) -> Binar
     except DecryptionError:
         stream.close()
         raise
-    return stream  # type: ignore[return-value]
+    return stream
 
 
 def can_decrypt(path: Path, identities: Sequence[Any]) -> bool:

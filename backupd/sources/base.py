@@ -152,6 +152,7 @@ class RestoreRequest:
     to: str | None
     yes: bool
     options: dict[str, Any] = field(default_factory=dict)
+    identity: str | None = None  # --identity FILE: the age private key of an encrypted backup
 
     def option(self, dest: str, default: Any = None) -> Any:
         return self.options.get(dest, default)
