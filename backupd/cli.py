@@ -479,8 +479,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if rows:
         print_table(["JOB", "TYPE", "SCHEDULE", "TIMEZONE", "NEXT RUN"], rows)
     if args.connect:
-        from backupd.actions.check import check_job
+        from backupd.actions.check import check_job, identity_warnings
 
+        for w in identity_warnings(config):
+            print(f"backupd: warning: {w}", file=sys.stderr)
         failed = 0
         for name in sorted(config.jobs):
             try:
