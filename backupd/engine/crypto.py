@@ -114,9 +114,14 @@ class _Sink:
 
     def __init__(self, emit: Callable[[bytes], None]) -> None:
         self.emit = emit
+        self.error: BaseException | None = None  # what emit raised (pyrage wraps it in an EncryptError)
 
     def write(self, data: bytes) -> int:
-        self.emit(bytes(data))
+        try:
+            self.emit(bytes(data))
+        except BaseException as exc:
+            self.error = exc
+            raise
         return len(data)
 
     def flush(self) -> None:
@@ -148,7 +153,7 @@ class EncryptStage:
         try:
             pyrage.encrypt_io(self._rfile, self._sink, self._recipients)
         except BaseException as exc:  # reported by close(); the writer side sees a broken pipe
-            self.error = exc
+            self.error = self._sink.error or exc  # ENOSPC as itself, not wrapped
         finally:
             self._rfile.close()  # a writer still pushing gets EPIPE instead of blocking
 
