@@ -37,7 +37,8 @@ def keys(tmp_path: Path) -> tuple[Path, str, Path, str]:
 
 
 def sql(rows: int) -> bytes:
-    head = b"-- MariaDB dump 10.19-11.4.2-MariaDB, for debian-linux-gnu (x86_64)\n--\n-- Host: x    Database: shop\n-- ---\n\n"
+    head = (b"-- MariaDB dump 10.19-11.4.2-MariaDB, for debian-linux-gnu (x86_64)\n--\n"
+            b"-- Host: x    Database: shop\n-- ---\n\n")
     body = b"".join(b"INSERT INTO `t` VALUES (%d,'MARKER-plaintext');\n" % i for i in range(rows))
     return head + b"CREATE TABLE `t` (`id` int, `v` text);\n" + body + b"-- Dump completed on 2026-01-01 10:00:00\n"
 
