@@ -123,7 +123,7 @@ def test_restore_needs_the_right_identity(env: Env, capsys: pytest.CaptureFixtur
     assert rc == 1 and "missing.key" in err and not dest.exists()
     os.environ["BACKUPD_AGE_IDENTITY_FILE"] = str(env.key)
     try:
-        rc, out, err = env.cli(capsys, "restore", "site", "--to", str(dest))
+        rc, _, err = env.cli(capsys, "restore", "site", "--to", str(dest))
     finally:
         del os.environ["BACKUPD_AGE_IDENTITY_FILE"]
     assert rc == 0, err
