@@ -130,6 +130,7 @@ def _catalog(config: Any) -> Any:
 
 
 def _backup_rows(config: Any, job: str | None) -> list[dict[str, Any]]:
+    from backupd.actions.keys import is_encrypted, recipients_of
     from backupd.store.backups import Store
 
     store = Store(config.store_root)
@@ -156,13 +157,17 @@ def _backup_rows(config: Any, job: str | None) -> list[dict[str, Any]]:
                         # the last re-verification of each copy (from the store): ok, level, at
                         "last_verification": {k: {f: v.get(f) for f in ("ok", "level", "at")}
                                               for k, v in b.verdict.items()},
+                        "encrypted": is_encrypted(b),
+                        "recipients": recipients_of(b),  # fingerprints (sha256 of each age1..., 16 hex)
+                        "verification_level": b.verdict.get("local", {}).get("level"),
                     }
                 )
             for broken in store.broken(name):
                 rows.append(
                     {"job": name, "backup_id": broken.backup_id, "bytes": None, "verified": False, "s3": "unknown",
                      "drilled": None, "drilled_at": None, "trigger": None, "finished_at": None,
-                     "path": str(broken.path), "broken": broken.reason}
+                     "path": str(broken.path), "broken": broken.reason, "encrypted": None, "recipients": [],
+                     "verification_level": None}
                 )
             rows.sort(key=lambda r: (r["job"], r["backup_id"]))
         return rows
@@ -227,6 +232,8 @@ def _find_backup(config: Any, ref: str) -> Any:
 
 @command("show")
 def cmd_show(args: argparse.Namespace) -> int:
+    from backupd.actions.keys import is_encrypted, recipients_of
+
     config = load(args)
     b = _find_backup(config, args.backup_id)
     catalog = _catalog(config)
@@ -240,6 +247,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         "manifest": b.manifest,
         "s3": row["s3_state"] if row is not None else "unknown",
         "last_drill": dict(drill) if drill is not None else None,
+        "encrypted": is_encrypted(b),
+        "recipients": recipients_of(b),
+        "verification": b.verdict,
     }
     if args.json:
         print_json(info)
@@ -249,6 +259,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"path     {b.path}")
     print(f"time     {m.get('started_at')} -> {m.get('finished_at')}")
     print(f"verified {'yes' if b.verified else 'NO'}   s3 {info['s3']}")
+    if is_encrypted(b):
+        print(f"encrypted age, recipients {', '.join(recipients_of(b)) or 'unknown'} (sha256 fingerprints)")
     if drill is not None:
         print(f"drill    {drill['outcome']} at {drill['finished_at']}")
     for where, v in sorted(b.verdict.items()):
@@ -260,6 +272,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(
             f"  {a['file']}: {human_bytes(a['bytes'])} ({human_bytes(a['raw_bytes'])} raw), "
             f"{a['format']}, sha256 {a['sha256'][:16]}..., {'ok' if v.get('ok') else 'BAD'}"
+            + (f", age to {len(a.get('recipients', []))} recipient(s)" if a.get("encrypted") else "")
         )
         for w in v.get("warnings", []):
             print(f"    warning: {w}")
@@ -294,7 +307,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.scheduled:
         lower_priority()
     catalog = _catalog(config)
-    verifier = Verifier(config, catalog)
+    verifier = Verifier(config, catalog, args.identity)
     try:
         if args.scheduled:
             report = scheduled(config, verifier, sorted({t.rpartition("/")[0] or t for t in names}))
@@ -311,6 +324,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for r in report:
             where = "s3 " if r.copy == "s3" else ""
             state = f"skipped ({r.skipped})" if r.skipped else ("ok" if r.ok else "BAD")
+            if not r.skipped and r.copy == "local":
+                state += f" ({r.level})"
             print(f"{where}{r.job}/{r.backup_id}: {state}")
             for p in r.problems:
                 print(f"  {p}")
@@ -380,15 +395,54 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_FAILED if errors else EXIT_OK
 
 
+def _inspect_keys(args: argparse.Namespace) -> list[Any]:
+    from backupd.engine.crypto import IDENTITY_ENV, load_identities
+
+    where = args.identity or os.environ.get(IDENTITY_ENV)
+    if not where:
+        return []
+    try:
+        return load_identities(Path(where))
+    except OSError as exc:
+        raise BackupdError(f"inspect: age identity {where}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise BackupdError(f"inspect: age identity {where}: {exc}") from None
+
+
+def _inspect_sealed(path: Path, as_json: bool) -> int:
+    """An encrypted file without an identity: what its age header proves."""
+    from backupd.store.verify import age_header_problems
+
+    problems = age_header_problems(path, {})
+    if as_json:
+        print_json({"file": str(path), "encrypted": True, "ok": not problems, "problems": problems,
+                    "level": "header"})
+    else:
+        print(f"{path}: age-encrypted, header {'OK' if not problems else 'BAD'};"
+              " content not checked (give --identity FILE)")
+    if problems:
+        print(f"backupd: inspect {path}: {problems[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from backupd.engine.crypto import is_encrypted, unlocking
     from backupd.formats.registry import describe
     from backupd.store.verify import check_stream_file
 
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"inspect: {path}: no such file")
-    fc = check_stream_file(path)
+    if is_encrypted(path):
+        keys = _inspect_keys(args)
+        if not keys:
+            return _inspect_sealed(path, args.json)
+        with unlocking(keys):
+            fc = check_stream_file(path)
+    else:
+        fc = check_stream_file(path)
     if args.json:
         print_json(
             {
@@ -434,8 +488,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if rows:
         print_table(["JOB", "TYPE", "SCHEDULE", "TIMEZONE", "NEXT RUN"], rows)
     if args.connect:
-        from backupd.actions.check import check_job
+        from backupd.actions.check import check_job, identity_warnings
 
+        for w in identity_warnings(config):
+            print(f"backupd: warning: {w}", file=sys.stderr)
         failed = 0
         for name in sorted(config.jobs):
             try:
@@ -683,7 +739,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     config = load(args)
     options = {o.dest: getattr(args, o.dest) for o in restore_options() if getattr(args, o.dest) != o.default}
-    req = RestoreRequest(args.job, args.backup, args.to, args.yes, options)
+    req = RestoreRequest(args.job, args.backup, args.to, args.yes, options, identity=args.identity)
     began = datetime.now(UTC)
     with terminate_on_signals(), ByteProgress(sys.stdout.isatty()) as progress:
         task = progress.task(f"restore {args.job}")
@@ -711,7 +767,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if not names:
         raise UsageError("drill: no jobs configured")
     with terminate_on_signals():
-        reports = drill_jobs(config, names, args.backup)
+        reports = drill_jobs(config, names, args.backup, args.identity)
     if args.json:
         print_json([r.to_dict() for r in reports])
     else:
@@ -757,6 +813,12 @@ def not_implemented(what: str) -> int:
 # ------------------------------------------------------------------ parser
 
 
+IDENTITY_HELP = (
+    "age identity (private key) file for encrypted backups"
+    " (default: $BACKUPD_AGE_IDENTITY_FILE, else [encryption] identity_file)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from backupd.sources import restore_options
 
@@ -793,9 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
         " samples S3 copies ([s3] verify_read_fraction)",
     )
 
+    s.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
+
     s = sub.add_parser("inspect", help="identify and structurally verify an archive file")
     s.add_argument("file")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
 
     s = sub.add_parser("prune", help="apply the retention policy")
     s.add_argument("job", nargs="?")
@@ -807,6 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backup", metavar="ID")
     s.add_argument("--to", metavar="TARGET")
     s.add_argument("--yes", action="store_true", help="allow writing into a non-empty target")
+    s.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
     for opt in restore_options():  # each source declares the options its restore takes
         extra: dict[str, Any] = {"metavar": opt.metavar} if opt.action != "store_true" else {}
         s.add_argument(opt.flag, dest=opt.dest, action=opt.action, default=opt.default, help=opt.help, **extra)
@@ -818,6 +884,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("jobs", nargs="*", metavar="JOB")
     s.add_argument("--backup", metavar="ID", help="drill this backup of the one JOB named")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
 
     s = sub.add_parser("next", help="upcoming fire times")
     s.add_argument("job", nargs="?")

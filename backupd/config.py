@@ -17,16 +17,29 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from backupd.engine.crypto import parse_recipient, read_key_lines
 from backupd.errors import ConfigError
 from backupd.notify.channels import http_url_problem, problems
 from backupd.schedule import Schedule
-from backupd.settings import Config, GlobalCfg, JobBase, JobNotifyCfg, NotifyCfg, RetentionCfg, StateCfg, StorageCfg
+from backupd.settings import (
+    Config,
+    EncryptionCfg,
+    GlobalCfg,
+    JobBase,
+    JobNotifyCfg,
+    NotifyCfg,
+    RetentionCfg,
+    StateCfg,
+    StorageCfg,
+)
 from backupd.sources import job_models, source_types
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # files that hold a secret (URLs with tokens included): 0600 expected
 SECRET_KEYS = {"password_file", "key_file", "webhook_secret_file", "healthchecks_url_file", "apprise_urls_file"}
+# file keys only resolved at load time: checked when something needs them (docs/security.md)
+OPTIONAL_FILE_KEYS = {"identity_file"}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -142,7 +155,9 @@ def _resolve_paths(
     for name in type(model).model_fields:
         value = getattr(model, name)
         key = f"{prefix}{name}"
-        if isinstance(value, Path) and (name.endswith("_file") or name == "known_hosts"):
+        if isinstance(value, Path) and name in OPTIONAL_FILE_KEYS:
+            updates[name] = _rel(base, value)
+        elif isinstance(value, Path) and (name.endswith("_file") or name == "known_hosts"):
             p = _rel(base, value)
             _check_readable(file, key, p)
             _check_private(file, key, p, warnings)
@@ -188,6 +203,8 @@ def load_job(path: Path, default_tz: str, warnings: list[str] | None = None) -> 
     assert isinstance(resolved, JobBase)
     if resolved.notify is not None:
         _check_notify(path, "notify.", resolved.notify)
+    if resolved.encryption is not None:
+        resolved = resolved.model_copy(update={"encryption": _check_encryption(path, resolved.encryption)})
     if resolved.healthchecks_url and resolved.healthchecks_url_file:
         raise ConfigError(path, "healthchecks_url", "set healthchecks_url or healthchecks_url_file, not both")
     hc = resolved.healthchecks_url or (
@@ -197,6 +214,25 @@ def load_job(path: Path, default_tz: str, warnings: list[str] | None = None) -> 
         key = "healthchecks_url" if resolved.healthchecks_url else "healthchecks_url_file"
         raise ConfigError(path, key, problem)
     return resolved
+
+
+def _check_encryption(file: Path, cfg: EncryptionCfg) -> EncryptionCfg:
+    """Every recipient parses (inline and from `age_recipients_file`, which must hold at least one); the
+    loaded table lists them all in `age_recipients`."""
+    found: list[tuple[str, str]] = [(f"encryption.age_recipients[{i}]", r) for i, r in enumerate(cfg.age_recipients)]
+    if cfg.age_recipients_file is not None:
+        lines = read_key_lines(cfg.age_recipients_file)
+        if not lines:
+            raise ConfigError(file, "encryption.age_recipients_file",
+                              f"file {cfg.age_recipients_file} holds no recipient")
+        found += [(f"encryption.age_recipients_file ({cfg.age_recipients_file})", r) for r in lines]
+    for key, text in found:
+        try:
+            parse_recipient(text)
+        except ValueError as exc:
+            raise ConfigError(file, key, str(exc)) from None
+    recipients = list(dict.fromkeys(r.strip() for _, r in found))
+    return cfg.model_copy(update={"age_recipients": recipients})
 
 
 def _check_notify(file: Path, prefix: str, cfg: NotifyCfg | JobNotifyCfg) -> None:
@@ -231,6 +267,10 @@ def load_config(path: Path) -> Config:
     assert isinstance(notify, NotifyCfg)
     _check_notify(path, "notify.", notify)
     settings = settings.model_copy(update={"notify": notify})
+    if settings.encryption is not None:
+        enc = _resolve_paths(settings.encryption, base, path, warnings, "encryption.")
+        assert isinstance(enc, EncryptionCfg)
+        settings = settings.model_copy(update={"encryption": _check_encryption(path, enc)})
     _check_tz(path, "scheduler.timezone", settings.scheduler.timezone)
     if settings.scheduler.verify_schedule:
         _check_schedule(path, "scheduler.verify_schedule", settings.scheduler.verify_schedule,

@@ -98,6 +98,18 @@ class S3Cfg(Strict):
         return self
 
 
+class EncryptionCfg(Strict):
+    """[encryption]: age X25519 recipients (public keys) every new artifact is encrypted to, and where the
+    private key is on the machines that restore and drill. A job's own table replaces the global one.
+
+    After loading, `age_recipients` holds the inline recipients and those of `age_recipients_file`;
+    `identity_file` is checked only when something needs it (it may be absent on the backup machine)."""
+
+    age_recipients: list[str] = []
+    age_recipients_file: Path | None = None
+    identity_file: Path | None = None
+
+
 class HttpCfg(Strict):
     listen: str = "127.0.0.1:9187"
     status_page: Literal["full", "public", "off"] = "full"
@@ -208,6 +220,7 @@ class GlobalCfg(Strict):
     scheduler: SchedulerCfg = SchedulerCfg()
     compression: CompressionCfg = CompressionCfg()
     s3: S3Cfg = S3Cfg()
+    encryption: EncryptionCfg | None = None
     http: HttpCfg = HttpCfg()
     notify: NotifyCfg = NotifyCfg()
     logging: LoggingCfg = LoggingCfg()
@@ -265,6 +278,7 @@ class JobBase(Strict):
     drill: DrillCfg = DrillCfg()
     compression: CompressionCfg | None = None  # replaces [compression] for this job (e.g. level 1 for RDBs)
     notify: JobNotifyCfg | None = None  # overrides [notify] key by key for this job
+    encryption: EncryptionCfg | None = None  # replaces [encryption] for this job
     healthchecks_url: str | None = None  # a Healthchecks-compatible check pinged by every run
     healthchecks_url_file: Path | None = None
 
@@ -324,6 +338,17 @@ class Config:
         if job is None or job.notify is None:
             return self.settings.notify
         return job.notify.over(self.settings.notify)
+
+    def encryption_for(self, name: str | None) -> EncryptionCfg | None:
+        """The [encryption] a job's backups get (its own table replaces the global one), or the global one."""
+        job = self.jobs.get(name) if name else None
+        if job is not None and job.encryption is not None:
+            return job.encryption
+        return self.settings.encryption
+
+    def recipients_for(self, name: str) -> list[str]:
+        enc = self.encryption_for(name)
+        return list(enc.age_recipients) if enc is not None else []
 
     def job_timezone(self, name: str) -> str:
         return self.jobs[name].timezone or self.settings.scheduler.timezone

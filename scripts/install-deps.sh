@@ -5,15 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium: the status page's browser test (headless); prometheus: promtool checks the alert rules;
-# openssl: the SMTP test's self-signed certificate
+# openssl: the SMTP test's self-signed certificate; age: age-keygen and the age binary the encryption tests
+# check backupd's encrypted artifacts with (backupd itself encrypts with pyrage)
 PACKAGES=(mariadb-server mariadb-client redis-server redis-tools openssh-server openssh-client rsync zstd tar
-          systemd chromium prometheus openssl postgresql postgresql-client)
+          systemd chromium prometheus openssl postgresql postgresql-client age)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 missing=0
 for bin in mariadbd mariadb-install-db mariadb-dump redis-server redis-check-rdb /usr/sbin/sshd ssh rsync zstd \
-           systemd-analyze chromium promtool openssl pg_dump pg_dumpall pg_restore psql; do
+           systemd-analyze chromium promtool openssl pg_dump pg_dumpall pg_restore psql age age-keygen; do
   command -v "$bin" >/dev/null 2>&1 || missing=1
 done
 # Debian keeps the PostgreSQL server binaries (initdb, postgres: the scratch servers drills use) off PATH

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from backupd.actions.keys import load_keys
+from backupd.engine.crypto import fingerprint
+from backupd.errors import BackupdError
 from backupd.settings import Config
 from backupd.sources import source_for
 
@@ -10,3 +13,27 @@ def check_job(config: Config, name: str) -> str:
     """The source's own reachability lines, joined; raises StepError naming host and step."""
     job = config.job(name)
     return ", ".join(source_for(job).check_reachable(job)) or "nothing to check"
+
+
+def identity_warnings(config: Config) -> list[str]:
+    """Jobs whose recipients no available identity matches: restores and drills of their new backups would
+    fail here. Only where an identity is available at all (the backup machine may hold none, by design)."""
+    out = []
+    for name in sorted(config.jobs):
+        recipients = config.recipients_for(name)
+        if not recipients:
+            continue
+        try:
+            keys = load_keys(config, name, None, "check-config")
+        except BackupdError as exc:
+            out.append(f"job {name}: {exc}")
+            continue
+        if not keys.identities:
+            continue
+        wanted = {fingerprint(r) for r in recipients}
+        if not keys.fingerprints & wanted:
+            out.append(
+                f"job {name}: the age identity from {keys.where} matches none of the job's recipients"
+                f" ({', '.join(sorted(wanted))}): restores and drills of its new backups need another key"
+            )
+    return out

@@ -17,7 +17,9 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from backupd.actions.keys import load_keys, require_unlock
 from backupd.actions.restore import ensure_intact, pick_backup
+from backupd.engine.crypto import unlocking
 from backupd.errors import BackupdError, UsageError
 from backupd.fsutil import ensure_private_dir
 from backupd.logs import EventLog
@@ -74,11 +76,13 @@ def drill_pick(store: Store, catalog: Catalog, job: str, pick: str, backup_id: s
 
 
 def drill_job(
-    config: Config, name: str, catalog: Catalog, backup_id: str | None = None, events: EventLog | None = None
+    config: Config, name: str, catalog: Catalog, backup_id: str | None = None, events: EventLog | None = None,
+    identity: str | None = None,
 ) -> DrillReport:
     """Drill one job; the outcome is recorded in the catalog whatever happens (interrupts included), then a
-    failure (or the first good drill after one) is notified."""
-    out = _drill_job(config, name, catalog, backup_id)
+    failure (or the first good drill after one) is notified. An encrypted backup needs its identity
+    (`identity`, else $BACKUPD_AGE_IDENTITY_FILE or `identity_file`): without one the drill fails."""
+    out = _drill_job(config, name, catalog, backup_id, identity)
     bad = next((c.check for c in out.checks if not c.ok), None)
     notify_report.drill_finished(
         config, catalog, events or EventLog(config.settings.logging.format, quiet=True), name, out.backup_id,
@@ -87,7 +91,8 @@ def drill_job(
     return out
 
 
-def _drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | None) -> DrillReport:
+def _drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | None,
+               identity: str | None = None) -> DrillReport:  # fmt: skip
     job = config.job(name)
     store = Store(config.store_root)
     try:
@@ -106,7 +111,12 @@ def _drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | Non
             work.mkdir(mode=0o700)
             stack.callback(shutil.rmtree, work, True)
             stack.enter_context(reading(backup))  # a prune meanwhile (timer mode) keeps this backup
+            keys = load_keys(config, name, identity, "drill")
+            proven = require_unlock(backup, keys, "drill")
+            stack.enter_context(unlocking(keys.identities))
             ensure_intact(backup, step="drill verify")
+            if proven:
+                report.notes.append(proven)
             ctx = DrillContext(stack, work, report.notes)
             result = source_for(job).drill(job, backup, ctx)
             if not result.checks:
@@ -130,7 +140,9 @@ def _drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | Non
     return report
 
 
-def drill_jobs(config: Config, names: list[str], backup_id: str | None = None) -> list[DrillReport]:
+def drill_jobs(
+    config: Config, names: list[str], backup_id: str | None = None, identity: str | None = None
+) -> list[DrillReport]:
     for n in names:
         config.job(n)  # unknown names are a usage error before any drill starts
     if backup_id and len(names) != 1:
@@ -138,6 +150,6 @@ def drill_jobs(config: Config, names: list[str], backup_id: str | None = None) -
     catalog = Catalog(config.state_dir)
     events = EventLog(config.settings.logging.format, stream=sys.stderr, level="warning")
     try:
-        return [drill_job(config, n, catalog, backup_id, events) for n in names]
+        return [drill_job(config, n, catalog, backup_id, events, identity) for n in names]
     finally:
         catalog.close()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from backupd.actions.keys import load_keys, require_unlock
+from backupd.engine.crypto import unlocking
 from backupd.errors import BackupdError, StepError, UsageError
 from backupd.settings import Config
 from backupd.sources import option_owners, source_for
 from backupd.sources.base import Progress, Restored, RestoreRequest, no_progress
 from backupd.store.backups import Store, StoredBackup, reading
-from backupd.store.verify import integrity_problems, verify_backup
+from backupd.store.verify import age_header_problems, integrity_problems, verify_backup
 
 # ------------------------------------------------------------------ choosing and trusting a backup
 
@@ -52,7 +54,10 @@ def ensure_intact(backup: StoredBackup, step: str = "verify", *, thorough: bool 
 
 
 def checksum_problem(backup: StoredBackup, art: dict[str, Any]) -> str | None:
-    problems = integrity_problems(backup.path / art["file"], art)
+    path = backup.path / art["file"]
+    problems = integrity_problems(path, art)
+    if not problems and art.get("encrypted"):
+        problems = age_header_problems(path, art)
     return problems[0] if problems else None
 
 
@@ -77,7 +82,9 @@ def restore(
     _refuse_foreign_options(req, job.type, {o.dest for o in source.restore_options})
     source.check_restore(job, req)
     backup = pick_backup(Store(config.store_root), req.job, req.backup_id)
+    keys = load_keys(config, req.job, req.identity, "restore")
+    require_unlock(backup, keys, "restore")
     source.before_restore(job, backup, req)
-    with reading(backup):
+    with reading(backup), unlocking(keys.identities):
         ensure_intact(backup, thorough=False)
         return backup, source.restore(job, backup, req, progress)

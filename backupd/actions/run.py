@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd import __version__
+from backupd.engine.crypto import fingerprint
 from backupd.engine.signals import Terminated, terminate_on_signals
 from backupd.errors import BackupdError, StepError
 from backupd.fsutil import ensure_private_dir
@@ -154,6 +155,7 @@ def _run_locked(
                 compression=job.compression or config.settings.compression,
                 events=events,
                 progress=bar,
+                recipients=config.recipients_for(name),
             )
             facts = source_for(job).dump(job, ctx)
         if not ctx.artifacts:
@@ -174,6 +176,8 @@ def _run_locked(
             "warnings": ctx.warnings,
             "verified": True,
         }
+        if ctx.recipients:  # fingerprints only: the manifest stays readable without a key (docs/security.md)
+            manifest["encryption"] = {"format": "age", "recipients": [fingerprint(r) for r in ctx.recipients]}
         final = store.commit(name, backup_id, partial, manifest)
         stored = StoredBackup(job=name, backup_id=backup_id, path=final, manifest=manifest)
         catalog.record_backup(stored, s3_state="pending" if config.settings.s3.enabled else "none")

@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from backupd.actions.keys import Keys, load_keys
+from backupd.engine.crypto import unlocking
 from backupd.errors import BackupdError
 from backupd.logs import EventLog
 from backupd.notify import report
@@ -22,7 +24,7 @@ from backupd.store.backups import MANIFEST, BrokenBackup, Store, StoredBackup, r
 from backupd.store.catalog import Catalog, now_iso
 from backupd.store.locks import job_running
 from backupd.store.s3 import Bucket, error_text
-from backupd.store.verify import verify_backup
+from backupd.store.verify import backup_level, verify_backup
 
 
 @dataclass
@@ -51,9 +53,11 @@ def last_verified(backup: StoredBackup, copy: str = "local") -> str:
 class Verifier:
     """Verifies backups, records every verdict in the store and the catalog, mirrors it beside the S3 copy."""
 
-    def __init__(self, config: Config, catalog: Catalog) -> None:
+    def __init__(self, config: Config, catalog: Catalog, identity: str | None = None) -> None:
         self.config = config
         self.catalog = catalog
+        self.identity = identity  # --identity FILE: also decrypt encrypted backups (level "full")
+        self._keys: dict[str, Keys] = {}
         self.store = Store(config.store_root)
         self._bucket: Bucket | None = None
         self.warnings: list[str] = []
@@ -73,18 +77,30 @@ class Verifier:
 
     def local(self, backup: StoredBackup) -> Verified | None:
         """sha256 and format check of every artifact; None when it was pruned while we got to it."""
+        keys = self.keys(backup.job)
         try:
-            with reading(backup):  # a prune meanwhile keeps it rather than pull files from under us
+            with reading(backup), unlocking(keys.identities):  # a prune meanwhile keeps it
                 arts = verify_backup(backup)
         except BackupdError:
             return None
         ok = all(a["ok"] for a in arts)
-        result = Verified(backup.job, backup.backup_id, ok, artifacts=arts)
-        self.store.record_verdict(backup, "local", ok, "full", result.problems)
+        level = backup_level(arts)
+        result = Verified(backup.job, backup.backup_id, ok, level=level, artifacts=arts)
+        self.store.record_verdict(backup, "local", ok, level, result.problems)
         self.catalog.set_verified(backup.job, backup.backup_id, ok)
-        self.catalog.add_verification(backup.job, backup.backup_id, "local", "full", ok, _first(result.problems))
+        self.catalog.add_verification(backup.job, backup.backup_id, "local", level, ok, _first(result.problems))
         self.mirror(backup)
         return result
+
+    def keys(self, job: str) -> Keys:
+        """The job's identity, if any is configured (an unusable one is a warning: checksum+header only)."""
+        if job not in self._keys:
+            try:
+                self._keys[job] = load_keys(self.config, job, self.identity, "verify")
+            except BackupdError as exc:
+                self.warnings.append(str(exc))
+                self._keys[job] = Keys()
+        return self._keys[job]
 
     def s3_read(self, backup: StoredBackup) -> Verified:
         """Download every object of the backup's S3 copy and re-hash it against the manifest."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
+
+from backupd.engine.crypto import AGE_EXT, open_decrypted
+from backupd.formats.agehdr import MAGIC as AGE_MAGIC
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -49,11 +53,30 @@ def detect(head: bytes) -> str:
     return "none"
 
 
-def open_decompressed(path: Path) -> tuple[str, BinaryIO]:
-    """Open any stored file for reading its uncompressed bytes, whatever the codec."""
+def open_stored(path: Path) -> BinaryIO:
+    """A stored file's compressed bytes: decrypted on the fly (with the keyring's identities) if it is an
+    age file, else the file itself. Raises `crypto.DecryptionError` before returning when it cannot."""
     fh = path.open("rb")
-    head = fh.read(4)
+    if fh.read(len(AGE_MAGIC)) == AGE_MAGIC:
+        fh.close()
+        return open_decrypted(path)
     fh.seek(0)
+    return fh
+
+
+def stored_codec(path: Path) -> str:
+    """The codec of a stored file's (decrypted) content: an encrypted one's is in its name (.zst.age)."""
+    if path.name.endswith(AGE_EXT):
+        inner = path.name[: -len(AGE_EXT)]
+        return next((a for a, ext in EXTENSIONS.items() if ext and inner.endswith(ext)), "none")
+    with path.open("rb") as fh:
+        return detect(fh.read(4))
+
+
+def open_decompressed(path: Path) -> tuple[str, BinaryIO]:
+    """Open any stored file for reading its uncompressed bytes, whatever the codec, decrypting if need be."""
+    fh = open_stored(path)
+    head = cast(io.BufferedReader, fh).peek(4)[:4]  # both kinds of stream are buffered readers
     algo = detect(head)
     if algo == "zstd":
         return algo, zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK, closefd=True)

@@ -7,6 +7,7 @@ the dump process use the first. A bounded queue keeps memory constant whatever t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from backupd.engine.compression import EXTENSIONS, compressor
+from backupd.engine.crypto import AGE_EXT, EncryptStage, fingerprint
 from backupd.formats.base import CheckResult, FormatChecker
 
 QUEUE_CHUNKS = 16  # at most ~16 MiB in flight
@@ -36,6 +38,7 @@ class ArtifactResult:
     seconds: float
     check: CheckResult | None
     extra: dict[str, Any] = field(default_factory=dict)
+    recipients: list[str] = field(default_factory=list)  # fingerprints, when encrypted
 
     @property
     def ok(self) -> bool:
@@ -59,6 +62,10 @@ class ArtifactResult:
                 "warnings": self.check.warnings if self.check else [],
             },
         }
+        if self.recipients:
+            out["encrypted"] = True
+            out["encryption"] = "age"
+            out["recipients"] = list(self.recipients)
         out.update(self.extra)
         return out
 
@@ -67,7 +74,11 @@ _STOP = object()
 
 
 class ArtifactWriter:
-    """Write one artifact: `write()` raw bytes, then `close()` to flush, fsync and get the result."""
+    """Write one artifact: `write()` raw bytes, then `close()` to flush, fsync and get the result.
+
+    With `recipients` (age public keys) the compressed stream is encrypted before it is hashed and written:
+    dump -> format check (plaintext) -> zstd -> age -> sha256 -> file, all in the one pass; the file is named
+    `{name}{ext}.zst.age` and its sha256 and size are those of the ciphertext, which is what is stored."""
 
     def __init__(
         self,
@@ -79,11 +90,13 @@ class ArtifactWriter:
         level: int = 3,
         checker: FormatChecker | None = None,
         on_progress: Callable[[int], None] | None = None,
+        recipients: list[str] | None = None,
     ) -> None:
         self.name = name
         self.format = fmt
         self.algorithm = algorithm
-        self.filename = f"{name}{ext}{EXTENSIONS[algorithm]}"
+        self.recipients = list(recipients or [])
+        self.filename = f"{name}{ext}{EXTENSIONS[algorithm]}{AGE_EXT if self.recipients else ''}"
         self.path = directory / self.filename
         self.checker = checker
         self.on_progress = on_progress
@@ -96,11 +109,29 @@ class ArtifactWriter:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         self._fh: BinaryIO = os.fdopen(fd, "wb", buffering=0)
+        self._encrypt: EncryptStage | None = None
+        try:
+            if self.recipients:
+                self._encrypt = EncryptStage(self.recipients, self._store, name)
+        except BaseException:
+            self._fh.close()
+            self.path.unlink(missing_ok=True)
+            raise
         self._thread = threading.Thread(target=self._work, name=f"compress-{name}", daemon=True)
         self._thread.start()
         self._closed = False
 
     def _emit(self, data: bytes) -> None:
+        """Compressed bytes: through the encrypting stage if there is one, else straight to the file."""
+        if not data:
+            return
+        if self._encrypt is not None:
+            self._encrypt.write(data)
+        else:
+            self._store(data)
+
+    def _store(self, data: bytes) -> None:
+        """Bytes as they are stored: hashed and written."""
         if data:
             self._sha.update(data)
             view = memoryview(data)
@@ -117,11 +148,16 @@ class ArtifactWriter:
                 item = self._queue.get()
                 if item is _STOP:
                     self._emit(self._compressor.flush())
+                    if self._encrypt is not None:
+                        self._encrypt.close()
                     return
                 assert isinstance(item, bytes)
                 self._emit(self._compressor.compress(item))
         except BaseException as exc:  # reported to the writer's caller, never swallowed
             self._error = exc
+            if self._encrypt is not None:
+                with contextlib.suppress(BaseException):
+                    self._encrypt.close()
             # keep draining so the producer never blocks on a full queue
             while self._queue.get() is not _STOP:
                 pass
@@ -156,6 +192,7 @@ class ArtifactWriter:
             sha256=self._sha.hexdigest(),
             seconds=time.monotonic() - self._started,
             check=check,
+            recipients=[fingerprint(r) for r in self.recipients],
         )
 
     def abort(self) -> None:

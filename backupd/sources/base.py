@@ -52,6 +52,7 @@ class DumpContext:
     artifacts: list[ArtifactResult] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # go into the manifest; `show` and `status` show them
+    recipients: list[str] = field(default_factory=list)  # age public keys every artifact is encrypted to
 
     def warn(self, message: str, **fields: Any) -> None:
         """Something an operator must know about a good backup (content it does not hold, say)."""
@@ -70,6 +71,7 @@ class DumpContext:
             level=self.compression.level,
             checker=checker,
             on_progress=task.advance,
+            recipients=self.recipients,
         )
 
     @contextmanager
@@ -150,6 +152,7 @@ class RestoreRequest:
     to: str | None
     yes: bool
     options: dict[str, Any] = field(default_factory=dict)
+    identity: str | None = None  # --identity FILE: the age private key of an encrypted backup
 
     def option(self, dest: str, default: Any = None) -> Any:
         return self.options.get(dest, default)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-from backupd.engine.compression import detect, iter_chunks, open_decompressed
+from backupd.engine.compression import iter_chunks, open_decompressed, open_stored, stored_codec
 from backupd.engine.procs import F_SETPIPE_SZ, PIPE_SIZE, drain_lines, find_tool, last_line, run_capture
 from backupd.engine.remote import connect, reach_ssh, remote_run
 from backupd.errors import BackupdError, StepError, UsageError
@@ -157,8 +157,7 @@ def prepare_database(client: str, optfile: Path, database: str, host: str, yes: 
 def _decompressor(dump: Path) -> list[str] | None:
     """`zstd -dc` / `gzip -dc` when installed: decompressing in its own process, straight into the client's
     pipe, keeps the (uncompressed, several times larger) SQL out of Python."""
-    with dump.open("rb") as fh:
-        algo = detect(fh.read(4))
+    algo = stored_codec(dump)  # an encrypted artifact's codec is that of its decrypted content
     argv = {"zstd": ["zstd", "-dcq"], "gzip": ["gzip", "-dc"]}.get(algo)
     return argv if argv is not None and shutil.which(argv[0]) else None
 
@@ -213,7 +212,7 @@ def pipe_sql(
         for t in drainers:
             t.start()
         if dec is not None:
-            with dump.open("rb") as fh:
+            with open_stored(dump) as fh:  # decrypted on the fly if it is encrypted
                 ok = _feed(feed_to.stdin, iter_chunks(fh), progress, expansion)
         else:
             _, stream = open_decompressed(dump)

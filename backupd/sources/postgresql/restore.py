@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from backupd.engine.compression import detect, iter_chunks, open_decompressed
+from backupd.engine.compression import iter_chunks, open_decompressed, open_stored, stored_codec
 from backupd.engine.procs import F_SETPIPE_SZ, PIPE_SIZE, drain_lines
 from backupd.errors import BackupdError, StepError, UsageError
 from backupd.sources.base import Progress, Restored, no_progress
@@ -199,8 +199,7 @@ def read_globals(backup: StoredBackup) -> str | None:
 
 
 def _decompressor(path: Path) -> list[str] | None:
-    with path.open("rb") as fh:
-        algo = detect(fh.read(4))
+    algo = stored_codec(path)  # an encrypted artifact's codec is that of its decrypted content
     argv = {"zstd": ["zstd", "-dcq"], "gzip": ["gzip", "-dc"]}.get(algo)
     return argv if argv is not None and shutil.which(argv[0]) else None
 
@@ -251,7 +250,7 @@ def pipe_into(argv: list[str], env: dict[str, str], path: Path, what: str, host:
         for t in drainers:
             t.start()
         if dec is not None:
-            with path.open("rb") as fh:
+            with open_stored(path) as fh:  # decrypted on the fly if it is encrypted
                 ok = _feed(feed_to.stdin, iter_chunks(fh), progress, expansion)
         else:
             _, stream = open_decompressed(path)
