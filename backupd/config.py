@@ -37,7 +37,9 @@ from backupd.sources import job_models, source_types
 DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # files that hold a secret (URLs with tokens included): 0600 expected
-SECRET_KEYS = {"password_file", "key_file", "webhook_secret_file", "healthchecks_url_file", "apprise_urls_file"}
+SECRET_KEYS = {
+    "password_file", "key_file", "webhook_secret_file", "healthchecks_url_file", "apprise_urls_file", "identity_file",
+}
 # file keys only resolved at load time: checked when something needs them (docs/security.md)
 OPTIONAL_FILE_KEYS = {"identity_file"}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -155,8 +157,10 @@ def _resolve_paths(
     for name in type(model).model_fields:
         value = getattr(model, name)
         key = f"{prefix}{name}"
-        if isinstance(value, Path) and name in OPTIONAL_FILE_KEYS:
+        if isinstance(value, Path) and name in OPTIONAL_FILE_KEYS:  # checked when used; its mode when present
             updates[name] = _rel(base, value)
+            if updates[name].is_file():
+                _check_private(file, key, updates[name], warnings)
         elif isinstance(value, Path) and (name.endswith("_file") or name == "known_hosts"):
             p = _rel(base, value)
             _check_readable(file, key, p)

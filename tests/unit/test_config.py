@@ -183,3 +183,13 @@ def test_secret_files_open_to_others_are_refused_or_warned(tmp_path: Path, capsy
     key.chmod(0o640)
     with pytest.raises(ConfigError, match=r"ssh\.key_file: file .* \(mode 0640\): chmod 600 it; ssh refuses"):
         load_config(cfg)
+
+
+def test_an_age_identity_open_to_others_is_warned(tmp_path: Path) -> None:
+    key = tmp_path / "age.key"
+    key.write_text("AGE-SECRET-KEY-1QQQQ\n")
+    key.chmod(0o644)
+    cfg = write(tmp_path, f'[encryption]\nidentity_file = "{key}"\n', {"site": FILES_JOB})
+    assert any("encryption.identity_file" in w and "mode 0644" in w for w in load_config(cfg).warnings)
+    key.unlink()  # absent on the backup machine: that is the normal case, nothing to say
+    assert load_config(cfg).warnings == []
