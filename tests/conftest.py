@@ -85,6 +85,14 @@ def moto_s3() -> Iterator[MotoS3]:
         yield server
 
 
+@pytest.fixture
+def s3_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
+    """The session's moto server, with its credentials in this test's environment (as boto3 reads them)."""
+    for k, v in moto_s3.env().items():
+        monkeypatch.setenv(k, v)
+    yield moto_s3
+
+
 @pytest.fixture(scope="session")
 def mongo_server() -> Iterator[MongoServer]:
     with MongoServer() as server:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from backupd import __version__
 from backupd.daemon.status import JobStatus, NotifyStatus
+from backupd.humanize import human_age, human_bytes
 
 REFRESH = 60
 
@@ -38,30 +39,6 @@ def esc(value: object) -> str:
 
 def _when(dt: datetime | None) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if dt else "-"
-
-
-def human_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    if s < 172800:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600}h"
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def sparkline(sizes: list[int], width: int = 100, height: int = 22) -> str:

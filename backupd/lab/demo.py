@@ -6,7 +6,6 @@ config pointing at them, runs every job through the real CLI code path, verifies
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import secrets
@@ -33,6 +32,7 @@ from backupd.scratch.mongo import MongoServer
 from backupd.scratch.postgres import Postgres, server_bindir
 from backupd.scratch.redis import Redis
 from backupd.store.catalog import Catalog
+from backupd.store.locks import job_running
 
 
 @dataclass
@@ -219,21 +219,6 @@ def stage_s3(env: DemoEnv) -> None:
 STAGES: list[Callable[[DemoEnv], None]] = [stage_wordpress, stage_mongo, stage_redis, stage_postgres, stage_s3]
 
 
-def _locked(state: Path, job: str) -> bool:
-    """Is a run of `job` still going (S3 copy and pruning happen after its catalog row says ok)?"""
-    path = state / "locks" / f"{job}.lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def daemon_catch_up(env: DemoEnv, cfg: str, jobs: list[str]) -> bool:
     """Start the daemon briefly: the jobs that never ran are caught up at start; show status and metrics."""
 
@@ -251,7 +236,7 @@ def daemon_catch_up(env: DemoEnv, cfg: str, jobs: list[str]) -> bool:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
             runs = {j: catalog.last_run(j) for j in jobs}
-            if all(r is not None for r in runs.values()) and not any(_locked(env.base / "state", j) for j in jobs):
+            if all(r is not None for r in runs.values()) and not any(job_running(env.base / "state", j) for j in jobs):
                 ok = all(r is not None and r["outcome"] == "ok" for r in runs.values())
                 break
             time.sleep(0.2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from backupd.lab.content import write_config
 from backupd.lab.s3 import MotoS3
 from backupd.store.locks import job_lock
 from tests.conftest import run_cli
-
-
-@pytest.fixture
-def s3_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
-    for k, v in moto_s3.env().items():
-        monkeypatch.setenv(k, v)
-    yield moto_s3
 
 
 def test_verify_s3_and_rebuild_leave_a_running_job_alone(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ from backupd.lab.content import write_config
 from backupd.lab.s3 import MotoS3
 from backupd.store.catalog import Catalog
 from tests.conftest import run_cli
-
-
-@pytest.fixture
-def s3_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
-    for k, v in moto_s3.env().items():
-        monkeypatch.setenv(k, v)
-    yield moto_s3
 
 
 def test_a_backup_committed_without_its_row_is_reconciled_and_shipped(

@@ -8,7 +8,6 @@ import json
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,6 @@ import pytest
 from backupd.lab.content import write_config
 from backupd.lab.s3 import MotoS3
 from tests.conftest import run_cli
-
-
-@pytest.fixture
-def s3_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
-    for k, v in moto_s3.env().items():
-        monkeypatch.setenv(k, v)
-    yield moto_s3
 
 
 def _job(tmp_path: Path, settings: dict[str, Any] | None = None) -> Path:

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,6 @@ from backupd.lab.s3 import MotoS3
 from backupd.store.locks import job_lock
 from tests.conftest import run_cli, wait_for
 from tests.integration.test_daemon import DaemonProc
-
-
-@pytest.fixture
-def s3_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
-    for k, v in moto_s3.env().items():
-        monkeypatch.setenv(k, v)
-    yield moto_s3
 
 
 def site(

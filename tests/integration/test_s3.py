@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,6 @@ from tests.conftest import catalog_backups, run_cli
 PREFIX = "backupd/"
 
 
-@pytest.fixture
-def s3_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
-    for k, v in moto_s3.env().items():
-        monkeypatch.setenv(k, v)
-    yield moto_s3
 
 
 def new_bucket(server: MotoS3) -> str:

@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parents[2] / "backupd"
 
 # Lower number = lower layer. A module may import its own layer or any lower one, never a higher one.
 LAYERS: dict[str, int] = {
-    "errors": 0, "fsutil": 0, "settings": 0, "schedule": 0, "logs": 0, "__init__": 0,
+    "errors": 0, "fsutil": 0, "settings": 0, "schedule": 0, "logs": 0, "humanize": 0, "__init__": 0,
     "formats": 1,
     "engine": 2,
     "store": 3, "scratch": 3,
