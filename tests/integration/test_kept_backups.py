@@ -127,7 +127,7 @@ def test_repair_restores_a_bad_local_copy_from_s3_and_both_bad_is_kept(tmp_path:
 
 
 def test_interrupted_verification_resumes_and_a_running_job_is_left_alone(tmp_path: Path) -> None:
-    cfg, ids, _ = site(tmp_path, 6, size=4 << 20)  # backups of 4..24 MiB: a SIGTERM lands part-way
+    cfg, ids, _ = site(tmp_path, 6, size=8 << 20)  # backups of 8..48 MiB: a SIGTERM lands part-way
     proc = subprocess.Popen([sys.executable, "-m", "backupd", "--config", cfg, "verify", "--scheduled"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for(lambda: len(verifications(cfg)) >= 1 or proc.poll() is not None, 60, "a first verdict")
