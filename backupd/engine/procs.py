@@ -10,11 +10,12 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from backupd.engine.compression import iter_chunks, open_decompressed, open_stored, stored_codec
 from backupd.engine.pipeline import ArtifactWriter, pump
 from backupd.errors import StepError
 
@@ -129,3 +130,111 @@ def lower_priority() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall(number, 1, 0, IOPRIO_CLASS_IDLE << 13)  # IOPRIO_WHO_PROCESS, this process
+
+
+# ------------------------------------------------------------------ feeding a stored artifact into a tool
+
+
+@dataclass
+class FedResult:
+    """How a tool fed a stored artifact ended: every process's exit code and stderr tail (the decompressor's
+    first when there is one, the tool's last), and whether every byte was written (False: the tool left)."""
+
+    returncodes: list[int]
+    tails: list[list[str]]
+    fed: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.fed and not any(self.returncodes)
+
+    @property
+    def tool_tail(self) -> list[str]:
+        return self.tails[-1] if self.tails else []
+
+
+def _decompressor(path: Path) -> list[str] | None:
+    """`zstd -dc` / `gzip -dc` when installed: decompressing in its own process, straight into the tool's
+    pipe, keeps the (uncompressed, several times larger) data out of Python."""
+    algo = stored_codec(path)  # an encrypted artifact's codec is that of its decrypted content
+    argv = {"zstd": ["zstd", "-dcq"], "gzip": ["gzip", "-dc"]}.get(algo)
+    return argv if argv is not None and shutil.which(argv[0]) else None
+
+
+def _feed(dest: IO[bytes], chunks: Iterator[bytes], progress: Callable[[int], None], scale: float) -> bool:
+    """Write every chunk into `dest`; False if the reader went away (its stderr says why)."""
+    try:
+        for chunk in chunks:
+            dest.write(chunk)
+            progress(int(len(chunk) * scale))
+    except BrokenPipeError:
+        return False
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            dest.close()
+    return True
+
+
+def feed_command(
+    argv: Sequence[str],
+    path: Path,
+    env: Mapping[str, str] | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+    expansion: float = 1.0,
+) -> FedResult:
+    """Stream a stored artifact, decrypted and decompressed, into `argv`'s stdin (a restore's client tool).
+
+    Decompression runs in a `zstd -dc` process when installed (the tool reads its stdout), else in Python.
+    stderr of every process is drained into a tail; on any exception every process we started is killed by
+    its PID. `expansion` (raw/stored bytes) scales progress when the stored bytes are what we feed."""
+    dec_argv = _decompressor(path)
+    child_env = dict(env) if env is not None else None
+    procs: list[subprocess.Popen[bytes]] = []
+    drainers: list[threading.Thread] = []
+    tails: list[collections.deque[str]] = []
+    try:
+        if dec_argv is not None:
+            dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(dec)
+            tool = subprocess.Popen(
+                list(argv), stdin=dec.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env
+            )
+            assert dec.stdout is not None
+            dec.stdout.close()  # the tool holds the read end now
+        else:
+            dec = None
+            tool = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env
+            )
+        procs.append(tool)
+        feed_to = dec if dec is not None else tool
+        assert feed_to.stdin is not None
+        with contextlib.suppress(OSError):  # fewer wake-ups for the reader; not fatal if refused
+            fcntl.fcntl(feed_to.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+        for p in procs:
+            tail: collections.deque[str] = collections.deque(maxlen=50)
+            tails.append(tail)
+            drainers.append(threading.Thread(target=drain_lines, args=(p.stderr, tail), daemon=True))
+        for t in drainers:
+            t.start()
+        if dec is not None:
+            with open_stored(path) as fh:  # decrypted on the fly if it is encrypted
+                fed = _feed(feed_to.stdin, iter_chunks(fh), progress, expansion)
+        else:
+            _, stream = open_decompressed(path)
+            with stream:
+                fed = _feed(feed_to.stdin, iter_chunks(stream), progress, 1.0)
+        rcs = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        raise
+    finally:
+        for t in drainers:
+            t.join(timeout=5)
+        for p in procs:
+            if p.stderr is not None:
+                p.stderr.close()
+    return FedResult(rcs, [list(t) for t in tails], fed)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import fcntl
 import re
 import shlex
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 from urllib.parse import unquote, urlsplit
 
-from backupd.engine.compression import iter_chunks, open_decompressed, open_stored, stored_codec
-from backupd.engine.procs import F_SETPIPE_SZ, PIPE_SIZE, drain_lines, find_tool, last_line, run_capture
+from backupd.engine.procs import feed_command, find_tool, last_line, run_capture
 from backupd.engine.remote import connect, reach_ssh, remote_run
 from backupd.errors import BackupdError, StepError, UsageError
 from backupd.fsutil import write_private_file
@@ -154,28 +149,6 @@ def prepare_database(client: str, optfile: Path, database: str, host: str, yes: 
         )
 
 
-def _decompressor(dump: Path) -> list[str] | None:
-    """`zstd -dc` / `gzip -dc` when installed: decompressing in its own process, straight into the client's
-    pipe, keeps the (uncompressed, several times larger) SQL out of Python."""
-    algo = stored_codec(dump)  # an encrypted artifact's codec is that of its decrypted content
-    argv = {"zstd": ["zstd", "-dcq"], "gzip": ["gzip", "-dc"]}.get(algo)
-    return argv if argv is not None and shutil.which(argv[0]) else None
-
-
-def _feed(dest: IO[bytes], chunks: Iterator[bytes], progress: Progress, scale: float) -> bool:
-    """Write every chunk into `dest`; False if the reader went away (its stderr says why)."""
-    try:
-        for chunk in chunks:
-            dest.write(chunk)
-            progress(int(len(chunk) * scale))
-    except BrokenPipeError:
-        return False
-    finally:
-        with contextlib.suppress(BrokenPipeError):
-            dest.close()
-    return True
-
-
 def pipe_sql(
     client: str,
     optfile: Path,
@@ -189,50 +162,10 @@ def pipe_sql(
 
     `expansion` (raw/stored bytes) scales progress when the compressed file is what we feed."""
     argv = [client, f"--defaults-extra-file={optfile}", f"--database={database}"]
-    dec_argv = _decompressor(dump)
-    procs: list[subprocess.Popen[bytes]] = []
-    drainers: list[threading.Thread] = []
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    try:
-        if dec_argv is not None:
-            dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            procs.append(dec)
-            proc = subprocess.Popen(argv, stdin=dec.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            assert dec.stdout is not None
-            dec.stdout.close()  # the client holds the read end now
-        else:
-            dec = None
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        procs.append(proc)
-        feed_to = dec if dec is not None else proc
-        assert feed_to.stdin is not None and proc.stderr is not None
-        with contextlib.suppress(OSError):  # fewer wake-ups for the client; not fatal if refused
-            fcntl.fcntl(feed_to.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
-        drainers += [threading.Thread(target=drain_lines, args=(p.stderr, tail), daemon=True) for p in procs]
-        for t in drainers:
-            t.start()
-        if dec is not None:
-            with open_stored(dump) as fh:  # decrypted on the fly if it is encrypted
-                ok = _feed(feed_to.stdin, iter_chunks(fh), progress, expansion)
-        else:
-            _, stream = open_decompressed(dump)
-            with stream:
-                ok = _feed(feed_to.stdin, iter_chunks(stream), progress, 1.0)
-        rcs = [p.wait() for p in procs]
-    except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        raise
-    finally:
-        for t in drainers:
-            t.join(timeout=5)
-        for p in procs:
-            if p.stderr is not None:
-                p.stderr.close()
-    if any(rcs) or not ok:
-        why = tail[-1] if tail else f"client exited {rcs[-1]}"
+    done = feed_command(argv, dump, progress=progress, expansion=expansion)
+    if not done.ok:
+        lines = done.tool_tail or [x for tail in done.tails for x in tail]
+        why = lines[-1] if lines else f"client exited {done.returncodes[-1]}"
         raise StepError("restore", f"database {database}: {why}", host=host)
 
 

@@ -14,21 +14,16 @@ and `--no-owner` is used only when a database's owner role is missing on the tar
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import fcntl
 import re
-import shutil
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from backupd.engine.compression import iter_chunks, open_decompressed, open_stored, stored_codec
-from backupd.engine.procs import F_SETPIPE_SZ, PIPE_SIZE, drain_lines
+from backupd.engine.compression import open_decompressed
+from backupd.engine.procs import feed_command
 from backupd.errors import BackupdError, StepError, UsageError
 from backupd.sources.base import Progress, Restored, no_progress
 from backupd.sources.postgresql.client import (
@@ -198,81 +193,17 @@ def read_globals(backup: StoredBackup) -> str | None:
 # ------------------------------------------------------------------ piping an artifact in
 
 
-def _decompressor(path: Path) -> list[str] | None:
-    algo = stored_codec(path)  # an encrypted artifact's codec is that of its decrypted content
-    argv = {"zstd": ["zstd", "-dcq"], "gzip": ["gzip", "-dc"]}.get(algo)
-    return argv if argv is not None and shutil.which(argv[0]) else None
-
-
-def _feed(dest: IO[bytes], chunks: Iterator[bytes], progress: Progress, scale: float) -> bool:
-    try:
-        for chunk in chunks:
-            dest.write(chunk)
-            progress(int(len(chunk) * scale))
-    except BrokenPipeError:
-        return False
-    finally:
-        with contextlib.suppress(BrokenPipeError):
-            dest.close()
-    return True
-
-
 def pipe_into(argv: list[str], env: dict[str, str], path: Path, what: str, host: str,
               progress: Progress = no_progress, expansion: float = 1.0) -> None:  # fmt: skip
     """Stream the stored artifact, decompressed (by a `zstd -dc` process when installed, so the
     uncompressed bytes never pass through Python), into `argv`'s stdin. The tool's first error line names
     a failure."""
-    dec_argv = _decompressor(path)
-    procs: list[subprocess.Popen[bytes]] = []
-    drainers: list[threading.Thread] = []
-    tails: list[collections.deque[str]] = []
-    try:
-        if dec_argv is not None:
-            dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            procs.append(dec)
-            tool = subprocess.Popen(argv, stdin=dec.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-            assert dec.stdout is not None
-            dec.stdout.close()  # the tool holds the read end now
-        else:
-            dec = None
-            tool = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-            )
-        procs.append(tool)
-        feed_to = dec if dec is not None else tool
-        assert feed_to.stdin is not None
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(feed_to.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
-        for p in procs:
-            tail: collections.deque[str] = collections.deque(maxlen=50)
-            tails.append(tail)
-            drainers.append(threading.Thread(target=drain_lines, args=(p.stderr, tail), daemon=True))
-        for t in drainers:
-            t.start()
-        if dec is not None:
-            with open_stored(path) as fh:  # decrypted on the fly if it is encrypted
-                ok = _feed(feed_to.stdin, iter_chunks(fh), progress, expansion)
-        else:
-            _, stream = open_decompressed(path)
-            with stream:
-                ok = _feed(feed_to.stdin, iter_chunks(stream), progress, 1.0)
-        rcs = [p.wait() for p in procs]
-    except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        raise
-    finally:
-        for t in drainers:
-            t.join(timeout=5)
-        for p in procs:
-            if p.stderr is not None:
-                p.stderr.close()
-    tool_tail = list(tails[-1]) if tails else []
-    if rcs[-1] != 0 or any(rcs) or not ok or _errors(tool_tail):
-        lines = _errors(tool_tail) or tool_tail or [x for t in tails for x in t]
-        raise StepError("restore", f"{what}: {error_line(lines, f'{Path(argv[0]).name} exited {rcs[-1]}')}", host=host)
+    done = feed_command(argv, path, env, progress, expansion)
+    tool_tail = done.tool_tail
+    if not done.ok or _errors(tool_tail):
+        lines = _errors(tool_tail) or tool_tail or [x for tail in done.tails for x in tail]
+        rc = done.returncodes[-1]
+        raise StepError("restore", f"{what}: {error_line(lines, f'{Path(argv[0]).name} exited {rc}')}", host=host)
 
 
 def _errors(lines: list[str]) -> list[str]:
