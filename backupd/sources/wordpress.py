@@ -16,6 +16,7 @@ from backupd.sources.base import (
     DrillContext,
     DrillResult,
     DumpContext,
+    MirrorKeys,
     Progress,
     Restored,
     RestoreRequest,
@@ -32,7 +33,7 @@ from backupd.sources.mysql.dump import dump_part
 from backupd.store.backups import StoredBackup
 
 
-class WordPressJob(JobBase):
+class WordPressJob(JobBase, MirrorKeys):
     type: Literal["wordpress"]
     mysql: MySQLPart
     files: FilesPart
