@@ -175,7 +175,7 @@ class Store:
         return out
 
     def record_verdict(
-        self, backup: StoredBackup, where: str, ok: bool, level: str, problems: list[str], **extra: str
+        self, backup: StoredBackup, where: str, ok: bool, level: str, problems: list[str], **extra: Any
     ) -> dict[str, Any]:
         """Record one verification of `backup` (`where`: "local" or "s3") in the store, atomically.
 
