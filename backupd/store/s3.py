@@ -389,7 +389,7 @@ def copy_backup(bucket: Bucket, backup: StoredBackup) -> Copied:
         locks = [bucket.locks[k] for k in keys if k in bucket.locks]
         copied = Copied(sums, versions, min(locks, key=lambda lk: lk.until) if locks else None)
         if backup.path.is_dir():  # the store is the truth: the versions live beside the manifest
-            Store(backup.path.parent.parent).record_verdict(backup, "s3", True, "head", [], **copied.record())
+            Store(backup.path.parent.parent).record_s3_copy(backup, copied.record())
         bucket.put_verdict(backup)
         return copied
     except S3Error:

@@ -194,7 +194,7 @@ def delete_versions(client: S3Client, bucket: str, versions: list[ObjVersion], f
 
 # ------------------------------------------------------------------ retention against the lock
 
-_SIMULATED = 5000  # backups of one job simulated over object_lock_days: enough for a run every 10 minutes
+_SIMULATED = 1000  # runs of one job simulated from object_lock_days ago (fewer for a frequent job: enough)
 
 
 def retention_warnings(config: Config, now: datetime | None = None) -> list[str]:
@@ -214,13 +214,11 @@ def retention_warnings(config: Config, now: datetime | None = None) -> list[str]
         keep = config.retention.s3_for(name).model_dump()
         if not any(keep.values()):
             continue  # an empty policy keeps everything
-        runs: list[datetime] = []
         try:
             sched = Schedule.parse(job.schedule, config.job_timezone(name))
-            t = sched.next_after(start)
-            while t <= now and len(runs) < _SIMULATED:
-                runs.append(t)
-                t = sched.next_after(t)
+            gap = max(sched.interval_hint(start).total_seconds(), 1.0)
+            count = min(_SIMULATED, int(cfg.object_lock_days * 86400 / gap) + 2)
+            runs = [t for t in sched.iter_after(start, count) if t <= now]
         except (ValueError, StopIteration):
             continue
         policy = Policy(**keep)
@@ -229,7 +227,7 @@ def retention_warnings(config: Config, now: datetime | None = None) -> list[str]
         if early:
             out.append(
                 f"job {name}: S3 retention deletes copies younger than s3.object_lock_days ="
-                f" {cfg.object_lock_days} ({len(early)} of the {len(runs)} in that time): each such deletion"
+                f" {cfg.object_lock_days} ({len(early)} of {len(runs)} simulated runs): each such deletion"
                 " waits for its lock to expire, and the copy is billed until then"
             )
     return out
