@@ -40,6 +40,7 @@ from backupd.store.s3_base import (
 from backupd.store.s3_lock import (
     Clock,
     Lock,
+    ObjVersion,
     SystemClock,
     delete_versions,
     list_versions,
@@ -59,6 +60,7 @@ __all__ = [
 ]  # fmt: skip
 
 _VERSIONED_CALLS = ("PutObject", "CompleteMultipartUpload")
+_NO_VERSIONS = ("AccessDenied", "NotImplemented", "MethodNotAllowed")
 
 
 @dataclass
@@ -301,7 +303,14 @@ class Bucket:
     def delete_backup(self, rb: RemoteBackup) -> list[str]:
         """Delete every version and delete marker of the backup's objects by VersionId, manifest first (an
         interrupted delete leaves an incomplete, never counted, backup). Returns refused deletions."""
-        versions = list_versions(self.client, self.name, self.key(rb.job, rb.backup_id))
+        from botocore.exceptions import ClientError
+
+        try:
+            versions = list_versions(self.client, self.name, self.key(rb.job, rb.backup_id))
+        except ClientError as exc:  # a key from before versions were listed, or a store without the call
+            if self.cfg.object_lock != "none" or exc.response.get("Error", {}).get("Code") not in _NO_VERSIONS:
+                raise
+            versions = [ObjVersion(k, None) for k in rb.keys]
         return delete_versions(self.client, self.name, versions, MANIFEST)
 
     def abort_stale_uploads(self, job: str) -> int:
