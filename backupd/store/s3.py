@@ -96,9 +96,10 @@ class Bucket:
         self.locks: dict[str, Lock] = {}  # key -> the lock its last upload through this Bucket carried
         self._versions: dict[str, str | None] = {}  # key -> VersionId of its last completed upload
         self._lock_checked = False
+        events = self.client.meta.events
         for op in _VERSIONED_CALLS:  # s3transfer does not return responses: read the VersionId off them
-            self.client.meta.events.register(f"before-parameter-build.s3.{op}", _note_key)
-            self.client.meta.events.register(f"after-call.s3.{op}", self._note_version)
+            events.register(f"before-parameter-build.s3.{op}", _note_key, unique_id=f"backupd-key-{op}")
+            events.register(f"after-call.s3.{op}", self._note_version, unique_id=f"backupd-version-{op}-{id(self)}")
 
     @staticmethod
     def _make_client(cfg: S3Cfg) -> S3Client:
@@ -183,9 +184,11 @@ class Bucket:
 
     def put_bytes(self, data: bytes, key: str) -> str | None:
         """PUT a small object (manifest, verification record) with checksum and lock; its VersionId."""
+        return self._put(data, key, self._new_lock(key))
+
+    def _put(self, data: bytes, key: str, lock: Lock | None) -> str | None:
         digest = hashlib.sha256(data).hexdigest()
-        args = self._extra_args(digest, self._new_lock(key))
-        resp = self.client.put_object(Bucket=self.name, Key=key, Body=data, **args)
+        resp = self.client.put_object(Bucket=self.name, Key=key, Body=data, **self._extra_args(digest, lock))
         vid = resp.get("VersionId")
         return vid if vid and vid != "null" else None
 
@@ -261,9 +264,21 @@ class Bucket:
 
     def put_verdict(self, backup: StoredBackup) -> str | None:
         """Mirror a backup's recorded verifications (and its copy's versions) next to its manifest in the
-        bucket, so a catalog rebuilt from S3 alone keeps a verdict of "bad" (docs/operations.md)."""
+        bucket, so a catalog rebuilt from S3 alone keeps a verdict of "bad" (docs/operations.md).
+
+        It is put again on every new verdict, so it is locked until the copy's own date, not for another
+        object_lock_days: re-verifying a backup never keeps its copy from being pruned. Once the copy's lock
+        has expired, the record of a copy that is no longer immutable goes up unlocked."""
+        key = self.key(backup.job, backup.backup_id, VERDICT)
         data = json.dumps(backup.verdict, indent=2, sort_keys=True).encode() + b"\n"
-        return self.put_bytes(data, self.key(backup.job, backup.backup_id, VERDICT))
+        lock = Lock.from_dict(backup.verdict.get("s3", {}).get("lock"))
+        if self.cfg.object_lock == "none" or lock is None:
+            return self.put_bytes(data, key)
+        if lock.until <= self.clock.now():
+            self.locks.pop(key, None)
+            return self._put(data, key, None)
+        self.locks[key] = lock
+        return self._put(data, key, lock)
 
     def read_verdict(self, job: str, backup_id: str) -> dict[str, Any]:
         """The verdict object of a backup, {} when there is none; unreadable counts as failed."""

@@ -289,8 +289,13 @@ def test_prune_waits_for_the_lock_then_deletes_every_version(
         catalog.close()
     until = datetime.fromisoformat(copy_records(tmp_path)[older.backup_id]["lock"]["until"].replace("Z", "+00:00"))
     prefix = f"{PREFIX}site/{older.backup_id}/"
+    before = len(versions(s3_env, bucket, prefix))
+    assert before >= 3  # artifact(s), manifest, verification record
+    # a re-verification puts the verification record again, locked to the copy's date (not 1 day more)
+    rc, _, err = cli(capsys, cfg_path, "verify", f"site/{older.backup_id}")
+    assert rc == 0, err
     n_versions = len(versions(s3_env, bucket, prefix))
-    assert n_versions >= 3  # artifact(s), manifest, verification record
+    assert n_versions == before + 1
 
     # 1. the plan says when: nothing is deleted before the lock expires
     rc, out, err = cli(capsys, cfg_path, "prune", "--dry-run")
