@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 SLACK = timedelta(seconds=1)  # S3 keeps retain-until to the millisecond, some servers to the second
 
 
+class NoObjectLock(S3Error):
+    """`object_lock` is set but the bucket cannot hold locked objects: every copy would fail the same way."""
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
@@ -115,7 +119,7 @@ def require_lock_enabled(client: S3Client, bucket: str, mode: str) -> None:
     except Exception as exc:  # network and credential errors: one line
         raise S3Error(f"checking Object Lock on bucket {bucket}: {error_text(exc)}") from exc
     if resp.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
-        raise S3Error(
+        raise NoObjectLock(
             f"s3.object_lock = {mode!r} but bucket {bucket} does not have Object Lock enabled"
             " (enable it on the bucket, or set object_lock = \"none\")"
         )

@@ -19,6 +19,7 @@ from backupd.store.catalog import Catalog
 from backupd.store.locks import job_lock
 from backupd.store.s3 import Bucket, check_copy, copy_backup, copy_record
 from backupd.store.s3_base import S3Error, error_text
+from backupd.store.s3_lock import NoObjectLock
 
 
 def ship(
@@ -73,8 +74,11 @@ def ship(
 
 
 def _unreachable(exc: BaseException) -> bool:
+    """The bucket cannot take any copy now (network, credentials, no bucket, no Object Lock)."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+    if isinstance(exc, NoObjectLock):
+        return True
     cause = exc.__cause__
     if isinstance(cause, EndpointConnectionError | NoCredentialsError):
         return True

@@ -121,6 +121,11 @@ def test_object_lock_on_a_bucket_without_it(
     assert rc == 0, err  # the backup is committed; the copy failed and stays pending for the next run
     (row,) = catalog_backups(tmp_path).values()
     assert row["s3_state"] == "failed" and "does not have Object Lock enabled" in row["s3_error"]
+    (tmp_path / "src" / "more.html").write_text("<p>more</p>\n")
+    rc, _, err = cli(capsys, cfg, "run", "site")
+    assert rc == 0, err
+    # the retry of the older copy failed first; the new one was not tried against the same bucket
+    assert [r["s3_state"] for _, r in sorted(catalog_backups(tmp_path).items())] == ["failed", "pending"]
     assert s3_env.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # nothing unlocked went up
 
 
