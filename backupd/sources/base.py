@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import builtins
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from backupd.formats.base import FormatChecker
 from backupd.logs import ByteProgress, EventLog
 from backupd.settings import CompressionCfg, JobBase, Strict, read_secret
 from backupd.store.backups import StoredBackup
+from backupd.store.segments import SegmentStore
 
 Progress = Callable[[int], None]
 J = TypeVar("J", bound=JobBase)
@@ -272,6 +274,54 @@ class Source(abc.ABC, Generic[J]):
     @abc.abstractmethod
     def drill(self, job: J, backup: StoredBackup, ctx: DrillContext) -> DrillResult:
         """Restore the (verified) backup into a scratch target and compare it with the dump's stats."""
+
+
+# ------------------------------------------------------------------ point-in-time recovery (a capability)
+
+
+@dataclass
+class StreamContext:
+    """What `backupd stream JOB` (or the daemon's supervisor) gives a source's log stream."""
+
+    job_name: str
+    segments: SegmentStore
+    state_dir: Path
+    tmp_dir: Path
+    compression: CompressionCfg
+    events: EventLog
+    stop: threading.Event  # set on SIGTERM: commit the open segment, then return
+    recipients: list[str] = field(default_factory=list)  # age public keys segments are encrypted to
+
+
+class PointInTime(abc.ABC, Generic[J]):
+    """A capability a Source may also offer: continuous log archiving and restore to an instant (docs/pitr.md).
+
+    Callers ask `isinstance(source, PointInTime)` and `pitr_enabled(job)`, never the job's type."""
+
+    @abc.abstractmethod
+    def pitr_enabled(self, job: J) -> bool:
+        """The job has point-in-time recovery switched on (e.g. `[pitr] enabled = true`)."""
+
+    @abc.abstractmethod
+    def check_pitr(self, job: J) -> list[str]:
+        """The server's side of PITR (log on, format, privileges, expiry): detail lines, warnings prefixed
+        "warning: "; raises StepError naming host and step at the first thing that rules streaming out."""
+
+    @abc.abstractmethod
+    def stream(self, job: J, ctx: StreamContext) -> None:
+        """Archive the log into `ctx.segments` until `ctx.stop` is set; resume where the last segment ended."""
+
+    @abc.abstractmethod
+    def restore_until(
+        self, job: J, backups: list[StoredBackup], segments: SegmentStore, req: RestoreRequest, progress: Progress
+    ) -> list[Restored]:
+        """Restore the newest verified base before `req.option("until")` and replay segments up to it."""
+
+    @abc.abstractmethod
+    def pitr_drill(
+        self, job: J, backups: list[StoredBackup], segments: SegmentStore, ctx: DrillContext
+    ) -> DrillResult:
+        """Restore base N, replay to base N+1's position and compare with N+1's stats (the chain proven)."""
 
 
 # ------------------------------------------------------------------ restore options several sources take

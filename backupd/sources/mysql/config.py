@@ -7,7 +7,22 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from backupd.settings import JobBase, SSHCfg, Strict
+from backupd.settings import Duration, JobBase, SSHCfg, Strict
+
+
+class PitrCfg(Strict):
+    """`[pitr]` (wordpress: `[mysql.pitr]`): stream the binlog for point-in-time recovery (docs/pitr.md)."""
+
+    enabled: bool = False
+    segment: Duration = Field(default=300, ge=1)  # a segment is committed at least this often
+    window: Duration = Field(default=7 * 86400, ge=60)  # restorable to any instant this far back
+    server_id: int | None = Field(default=None, ge=1, le=2**32 - 1)  # the streamer's replication id
+
+    @model_validator(mode="after")
+    def _server_id_when_enabled(self) -> PitrCfg:
+        if self.enabled and self.server_id is None:
+            raise ValueError("pitr.enabled = true needs pitr.server_id (unique among the server's replicas)")
+        return self
 
 
 class MySQLPart(Strict):
@@ -17,6 +32,7 @@ class MySQLPart(Strict):
     password_file: Path | None = None
     databases: list[str] = []
     via_ssh: bool = False
+    pitr: PitrCfg = PitrCfg()
 
 
 class MySQLJob(JobBase, MySQLPart):
