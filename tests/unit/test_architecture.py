@@ -3,6 +3,7 @@
 - One source interface: no module outside `backupd/sources/` (and the formats they own) compares a job's
   type or does an isinstance on a source's job model.
 - No import cycles between modules, and no module importing from a layer above its own.
+- Modules stay under about 500 lines: a larger topic becomes a package of modules with one job each.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ LAYERS: dict[str, int] = {
     "actions": 7,
     "daemon": 8, "lab": 8,
     "cli": 9, "__main__": 10,
+}
+
+# A package's modules share its top-level folder's layer: `schedule/` (cron, zones, changes, calendar_dates,
+# systemd) is core, `formats/mongo_archive/` is formats, `sources/mongo/native/` is sources.
+
+MAX_LINES = 520  # "about 500"
+# Modules still over MAX_LINES, each with the reason it is not split yet. Do not add to this list: split instead.
+OVERSIZE: dict[str, str] = {
+    "backupd.formats.pgdump": "the PostgreSQL formats' reader; its owner is reworking it in this wave",
+    "backupd.sources.redis.dump": "the Redis dump; its owner is reworking it in this wave",
+    "backupd.daemon.scheduler": "the scheduler loop; to be split with the daemon's next change",
+    "backupd.store.s3": "the S3 copies; to be split with the store's next change",
+    "backupd.cli": "the CLI; split into backupd/cli/ in this branch",
 }
 
 
@@ -61,6 +75,22 @@ def imported(module: str, tree: ast.Module, known: set[str]) -> set[str]:
 def test_every_layer_is_named() -> None:
     tops = {m.split(".")[1] for m in modules() if "." in m}
     assert tops <= set(LAYERS), f"add {sorted(tops - set(LAYERS))} to LAYERS in this test and docs/architecture.md"
+
+
+def module_lines() -> dict[str, int]:
+    out = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG).with_suffix("")
+        out[".".join(["backupd", *rel.parts]).removesuffix(".__init__")] = len(path.read_text().splitlines())
+    return out
+
+
+def test_modules_stay_small() -> None:
+    sizes = module_lines()
+    too_big = [f"{m}: {n} lines" for m, n in sizes.items() if n > MAX_LINES and m not in OVERSIZE]
+    assert too_big == [], "split these into modules with one job each (docs/architecture.md)"
+    stale = [m for m in OVERSIZE if sizes.get(m, 0) <= MAX_LINES]
+    assert stale == [], "remove these from OVERSIZE: they are small now, or gone"
 
 
 def test_no_module_outside_sources_branches_on_a_job_type() -> None:
