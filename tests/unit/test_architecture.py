@@ -4,6 +4,8 @@
   type or does an isinstance on a source's job model.
 - No import cycles between modules, and no module importing from a layer above its own.
 - Modules stay under about 500 lines: a larger topic becomes a package of modules with one job each.
+- Child processes are started by `backupd/engine/` (procs.py: start, pump, stderr tail, timeout, kill by our
+  PID) or, for throwaway servers, by `backupd/scratch/` and `backupd/lab/`; nothing else calls subprocess.
 """
 
 from __future__ import annotations
@@ -43,6 +45,39 @@ OVERSIZE: dict[str, str] = {
     "backupd.store.s3": "the S3 copies; to be split with the store's next change",
     "backupd.cli": "the CLI; split into backupd/cli/ in this branch",
 }
+
+# Where processes may be started directly: the process helpers and the throwaway servers.
+SPAWNING_LAYERS = ("backupd.engine", "backupd.scratch", "backupd.lab")
+# Modules outside those that still start processes themselves, each with the reason. Do not add to this list:
+# extend engine/procs.py instead.
+SPAWN_ALLOWED: dict[str, str] = {
+    "backupd.daemon.scheduler": "the daemon's own `backupd run/drill/verify` children: started in a session of "
+    "their own and supervised for the whole run (polled, stopped by killpg of the session we started), not a "
+    "tool whose output is pumped",
+    "backupd.sources.redis.dump": "redis-check-rdb fed while the RDB is copied, and rsync followed while it "
+    "writes; a change in flight on the Redis source moves them",
+    "backupd.sources.postgresql.restore": "psql given a script on stdin; a change in flight on the PostgreSQL "
+    "source moves it",
+}
+SUBPROCESS_CALLS = frozenset({"Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"})
+OS_CALLS = frozenset({"system", "popen", "posix_spawn", "posix_spawnp", "fork", "forkpty"})
+
+
+def process_starts(tree: ast.Module) -> list[int]:
+    """Lines that start a process: subprocess's functions, os.system/popen/spawn*/exec*/fork."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "subprocess":
+            if any(a.name in SUBPROCESS_CALLS for a in node.names):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            func = node.func
+            owner, name = (func.value.id if isinstance(func.value, ast.Name) else ""), func.attr
+            if (owner == "subprocess" and name in SUBPROCESS_CALLS) or (
+                owner == "os" and (name in OS_CALLS or name.startswith(("spawn", "exec")))
+            ):
+                lines.append(node.lineno)
+    return lines
 
 
 def modules() -> dict[str, ast.Module]:
@@ -91,6 +126,24 @@ def test_modules_stay_small() -> None:
     assert too_big == [], "split these into modules with one job each (docs/architecture.md)"
     stale = [m for m in OVERSIZE if sizes.get(m, 0) <= MAX_LINES]
     assert stale == [], "remove these from OVERSIZE: they are small now, or gone"
+
+
+def test_processes_are_started_only_by_the_process_helpers() -> None:
+    starts = {name: process_starts(tree) for name, tree in modules().items()}
+    outside = {name: lines for name, lines in starts.items()
+               if lines and not name.startswith(SPAWNING_LAYERS) and name not in SPAWN_ALLOWED}
+    assert outside == {}, "start processes through backupd/engine/procs.py (stream_command, run_capture, feed_command)"
+    stale = [name for name in SPAWN_ALLOWED if not starts.get(name)]
+    assert stale == [], "remove these from SPAWN_ALLOWED: they no longer start processes themselves"
+
+
+def test_the_process_check_catches_a_direct_start() -> None:
+    """The rule must be able to fail: each way of starting a process is found."""
+    for code in ("import subprocess\nsubprocess.run(['ls'])\n", "from subprocess import Popen\n",
+                 "import subprocess\nsubprocess.Popen(['ls'])\n", "import os\nos.system('ls')\n",
+                 "import os\nos.execvp('ls', ['ls'])\n"):
+        assert process_starts(ast.parse(code)), code
+    assert process_starts(ast.parse("import subprocess\nsubprocess.DEVNULL\n")) == []
 
 
 def test_no_module_outside_sources_branches_on_a_job_type() -> None:
