@@ -46,7 +46,6 @@ OVERSIZE: dict[str, str] = {
     "backupd.formats.pgdump": "the PostgreSQL formats' reader; its owner is reworking it in this wave",
     "backupd.sources.redis.dump": "the Redis dump; its owner is reworking it in this wave",
     "backupd.daemon.scheduler": "the scheduler loop; to be split with the daemon's next change",
-    "backupd.store.s3": "the S3 copies; to be split with the store's next change",
 }
 
 # Where processes may be started directly: the process helpers and the throwaway servers.
