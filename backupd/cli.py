@@ -782,6 +782,16 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command("stream")
+def cmd_stream(args: argparse.Namespace) -> int:
+    from backupd.actions.stream import stop_on_signals, stream_job
+
+    config = load(args)
+    with stop_on_signals() as stop:
+        stream_job(config, args.job, stop, events_for(config))
+    return EXIT_OK
+
+
 def not_implemented(what: str) -> int:
     print(f"backupd: {what}: not implemented yet", file=sys.stderr)
     return EXIT_USAGE
@@ -886,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
     cs = s.add_subparsers(dest="catalog_cmd", metavar="rebuild")
     r = cs.add_parser("rebuild", help="recreate the catalog from the store's manifests")
     r.add_argument("--from-s3", action="store_true")
+
+    s = sub.add_parser("stream", help="archive a PITR job's binlog continuously (foreground; docs/pitr.md)")
+    s.add_argument("job", metavar="JOB")
 
     sub.add_parser("daemon", help="scheduler + /health + /metrics")
 

@@ -1,0 +1,86 @@
+"""`backupd stream JOB`: archive the job's log continuously, in the foreground, under its own lock.
+
+The lock is `JOB.stream` (store/locks.py), not the job's run lock, so scheduled dumps of the job still run
+while it streams. SIGTERM/SIGINT/SIGHUP set the stop flag: the source commits its open segment and returns.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from backupd.errors import LockedError, UsageError
+from backupd.logs import EventLog
+from backupd.settings import Config
+from backupd.sources import source_for
+from backupd.sources.base import PointInTime, StreamContext
+from backupd.store.locks import job_lock
+from backupd.store.segments import SegmentStore
+from backupd.store.stream_state import stream_lock_name
+
+
+def pitr_jobs(config: Config) -> list[str]:
+    """Enabled jobs whose source streams a log and has it switched on: one stream each."""
+    out = []
+    for name, job in sorted(config.jobs.items()):
+        source = source_for(job)
+        if job.enabled and isinstance(source, PointInTime) and source.pitr_enabled(job):
+            out.append(name)
+    return out
+
+
+def check_pitr(config: Config, name: str) -> list[str]:
+    """`check-config --connect` for a PITR job: the server's side (no lines for other jobs)."""
+    job = config.job(name)
+    source = source_for(job)
+    if isinstance(source, PointInTime) and source.pitr_enabled(job):
+        return source.check_pitr(job)
+    return []
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """A stop flag set by SIGTERM, SIGINT or SIGHUP (main thread only), handlers restored afterwards."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def stream_job(config: Config, name: str, stop: threading.Event, events: EventLog) -> None:
+    """Hold `JOB.stream` and stream until `stop` is set; LockedError (exit 75) when one already runs."""
+    job = config.job(name)
+    source = source_for(job)
+    if not isinstance(source, PointInTime) or not source.pitr_enabled(job):
+        raise UsageError(f"stream: job {name} does not stream a log (set [pitr] enabled = true; docs/pitr.md)")
+    try:
+        lock = job_lock(config.state_dir, stream_lock_name(name))
+        lock.__enter__()
+    except LockedError as exc:
+        raise LockedError(f"stream: {exc}") from None
+    try:
+        ctx = StreamContext(
+            job_name=name,
+            segments=SegmentStore(config.store_root, name),
+            state_dir=config.state_dir,
+            tmp_dir=config.state_dir / "tmp",
+            compression=job.compression or config.settings.compression,
+            events=events,
+            stop=stop,
+            recipients=config.recipients_for(name),
+        )
+        events.event("pitr_stream_started", job=name)
+        source.stream(job, ctx)
+        events.event("pitr_stream_stopped", job=name)
+    finally:
+        lock.__exit__(None, None, None)
