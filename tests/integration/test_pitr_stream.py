@@ -19,6 +19,7 @@ import pytest
 
 from backupd.formats.binlog import GTID, BinlogChecker, EventReader, Gtid, parse_gtid
 from backupd.lab.content import write_config, write_secret
+from backupd.lab.sshd import SSHD
 from backupd.scratch.mariadb import MariaDB
 from backupd.store.segments import Segment, SegmentStore, chains, check_segment, open_segment
 from backupd.store.stream_state import read_state
@@ -40,6 +41,7 @@ class Env:
     def __init__(self, db: MariaDB, base: Path, **pitr: Any) -> None:
         self.db = db
         self.base = base
+        base.mkdir(parents=True, exist_ok=True)
         self.database = f"pitr_{secrets.token_hex(4)}"
         self.user = f"st{secrets.token_hex(3)}"
         password = secrets.token_hex(8)
@@ -175,3 +177,145 @@ def test_stream_commits_segments_that_replay_alone(db: MariaDB, tmp_path: Path) 
                                 capture_output=True, text=True, check=False)
         assert client.returncode == 0, client.stderr[-2000:]
         assert copy.execute(f"SELECT id, v FROM {env.database}.t ORDER BY id") == rows_live
+
+
+def state_of(env: Env) -> dict[str, Any]:
+    return read_state(env.base / "state", "db") or {}
+
+
+def our_seqs(env: Env) -> list[int]:
+    return [g.seq for g in all_gtids(env.store)]
+
+
+def test_kill_9_mid_segment_then_resume_without_loss_or_duplicates(db: MariaDB, tmp_path: Path) -> None:
+    env = Env(db, tmp_path, segment="1m")
+    proc = env.stream()
+    env.insert(3)
+    wait_for(lambda: state_of(env).get("open_transactions", 0) > 0, 20, "an open segment with transactions")
+    proc.kill()  # kill -9 mid-segment
+    proc.wait(timeout=30)
+    assert env.store.segments() == [], "nothing committed before the segment was due"
+    leftovers = [p.name for p in env.store.dir.iterdir()]
+    assert leftovers and all(n.startswith(".tmp-") for n in leftovers), leftovers
+    env.insert(2)
+
+    env.config = env.write(segment="1s")
+    proc = env.stream()
+    try:
+        wait_for(lambda: caught_up(env.store, db), 30, "the restarted stream caught up")
+    finally:
+        rc, _, err = stop(proc)
+    assert rc == 0, err
+    assert not any(p.name.startswith(".tmp-") for p in env.store.dir.iterdir())
+    assert_chain_exact(env.store)
+    seqs = our_seqs(env)
+    assert seqs == list(range(1, server_gtids(db) + 1)), "every transaction exactly once"
+
+
+def test_rotation_and_server_restart_while_streaming(db: MariaDB, tmp_path: Path) -> None:
+    env = Env(db, tmp_path, segment="1s")
+    proc = env.stream()
+    try:
+        env.insert(2)
+        wait_for(lambda: caught_up(env.store, db), 20, "first rows committed")
+        db.execute("FLUSH BINARY LOGS")  # a rotation
+        env.insert(2)
+        wait_for(lambda: caught_up(env.store, db), 20, "rows after the rotation committed")
+        db.stop(keep_dir=True)  # the server restarted under the stream
+        time.sleep(1.5)
+        db.start()
+        env.insert(2)
+        wait_for(lambda: caught_up(env.store, db), 60, "rows after the restart committed")
+    finally:
+        rc, out, err = stop(proc)
+    assert rc == 0, err
+    assert "pitr_link_lost" in [e["event"] for e in events(out)]
+    assert_chain_exact(env.store)
+    segs = env.store.segments()
+    for seg in segs:  # never across a server binlog file: it ends in its own file or at the next one's start
+        assert seg.end.file == seg.start.file or seg.end.pos == 4, (str(seg.start), str(seg.end))
+        assert replay(seg, tmp_path).returncode == 0
+    assert len({s.start.file for s in segs}) >= 3
+    assert our_seqs(env)[-1] == server_gtids(db)
+    rows = db.execute("SELECT COUNT(*) FROM t", database=env.database)[0][0]
+    assert int(rows) == 6
+
+
+def test_a_purged_binlog_is_a_gap_reported_not_hidden(db: MariaDB, tmp_path: Path) -> None:
+    env = Env(db, tmp_path, segment="1s")
+    proc = env.stream()
+    try:
+        env.insert(1)
+        wait_for(lambda: caught_up(env.store, db), 20, "first rows committed")
+    finally:
+        assert stop(proc)[0] == 0
+    db.execute("FLUSH BINARY LOGS")
+    env.insert(3)  # never streamed: purged below
+    db.execute("FLUSH BINARY LOGS")
+    newest = db.execute("SHOW MASTER STATUS")[0][0]
+    db.execute(f"PURGE BINARY LOGS TO '{newest}'")
+    oldest = db.execute("SHOW BINARY LOGS")[0][0]  # the server may keep one more (its binlog checkpoint)
+    assert oldest != env.store.segments()[0].end.file
+    env.insert(1)
+    proc = env.stream()
+    try:
+        wait_for(lambda: state_of(env).get("gaps") == 1, 20, "the gap reported")
+        wait_for(lambda: caught_up(env.store, db), 20, "the new chain caught up")
+    finally:
+        rc, out, err = stop(proc)
+    assert rc == 0, err
+    gaps = [e for e in events(out) if e["event"] == "pitr_gap"]
+    assert len(gaps) == 1 and "error 1236" in gaps[0]["reason"] and "purged" in gaps[0]["reason"], gaps
+    assert gaps[0]["after"] == env.store.segments()[0].manifest["end"]["file"] + ":" + str(
+        env.store.segments()[0].manifest["end"]["pos"])
+    runs = list(chains(env.store.segments()))
+    assert len(runs) == 2 and runs[1][0].follows is None and str(runs[1][0].start) == f"{oldest}:4"
+
+
+def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "backupd", "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+
+
+def test_servers_that_cannot_stream_are_refused_with_one_line(db: MariaDB, tmp_path: Path) -> None:
+    env = Env(db, tmp_path / "noprivs")
+    db.create_user(env.user, db.password_for(env.user), "SELECT")
+    db.execute(f"REVOKE REPLICATION SLAVE, BINLOG MONITOR ON *.* FROM '{env.user}'@'%'")
+    for argv in (["stream", "db"], ["check-config", "--connect"]):
+        done = run_cli(env.config, *argv)
+        assert done.returncode != 0
+        assert "lacks REPLICATION SLAVE and BINLOG MONITOR" in done.stderr and "Traceback" not in done.stderr
+
+    env = Env(db, tmp_path / "statement")
+    db.execute("SET GLOBAL binlog_format = 'STATEMENT'")
+    try:
+        done = run_cli(env.config, "stream", "db")
+    finally:
+        db.execute("SET GLOBAL binlog_format = 'ROW'")
+    assert done.returncode != 0 and "binlog_format is STATEMENT, pitr needs ROW" in done.stderr, done.stderr
+    ok = run_cli(env.config, "check-config", "--connect")
+    assert ok.returncode == 0 and "ROW binlog" in ok.stdout, ok.stderr
+
+    with MariaDB() as nolog:
+        env = Env(nolog, tmp_path / "nolog")
+        done = run_cli(env.config, "stream", "db")
+    assert done.returncode != 0 and "log_bin is OFF" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_via_ssh_through_the_real_sshd(db: MariaDB, sshd: SSHD, tmp_path: Path) -> None:
+    env = Env(db, tmp_path)
+    job = {**env.job(), "via_ssh": True, "ssh": sshd.ssh_config()}
+    env.config = write_config(tmp_path, {"db": job})
+    proc = env.stream()
+    try:
+        env.insert(2)
+        wait_for(lambda: caught_up(env.store, db), 30, "rows committed through the SSH host")
+    finally:
+        rc, out, err = stop(proc)
+    assert rc == 0, err
+    assert "via ssh" in next(e["server"] for e in events(out) if e["event"] == "pitr_streaming")
+    assert_chain_exact(env.store)
+    done = run_cli(env.config, "check-config", "--connect")
+    assert done.returncode == 0 and "via ssh" in done.stdout, done.stderr

@@ -132,7 +132,12 @@ class BinlogStream:
                 self._write_state(force=True, connected=False)
                 self.ctx.stop.wait(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
-            except (BinlogUnavailable, Gap) as exc:
+            except BinlogUnavailable as exc:
+                self._commit_open()
+                self._gap(f"the server cannot send the binlog from {self.chain.end} (error 1236: {exc}):"
+                          " purged (expired) before it was streamed")
+                self.ctx.stop.wait(min(backoff, 1.0))
+            except Gap as exc:
                 self._commit_open()
                 self._gap(str(exc))
                 self.ctx.stop.wait(min(backoff, 1.0))
