@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from backupd.errors import LockedError, UsageError
 from backupd.logs import EventLog
@@ -19,7 +20,7 @@ from backupd.sources import source_for
 from backupd.sources.base import PointInTime, StreamContext
 from backupd.store.locks import job_lock
 from backupd.store.segments import SegmentStore
-from backupd.store.stream_state import stream_lock_name
+from backupd.store.stream_state import lag_seconds, read_state, stream_lock_name, stream_running
 
 
 def pitr_jobs(config: Config) -> list[str]:
@@ -39,6 +40,26 @@ def check_pitr(config: Config, name: str) -> list[str]:
     if isinstance(source, PointInTime) and source.pitr_enabled(job):
         return source.check_pitr(job)
     return []
+
+
+def stream_status(config: Config, name: str) -> dict[str, Any] | None:
+    """What `status`, the status page and `/metrics` show of a PITR job's stream; None for other jobs."""
+    job = config.jobs[name]
+    source = source_for(job)
+    if not isinstance(source, PointInTime) or not source.pitr_enabled(job):
+        return None
+    state = read_state(config.state_dir, name)
+    running = stream_running(config.state_dir, name)
+    st = state or {}
+    return {
+        "running": running,
+        "lag_seconds": lag_seconds(state, running),
+        "committed": st.get("committed"),
+        "committed_at": st.get("committed_at"),
+        "server": st.get("server"),
+        "gaps": int(st.get("gaps", 0)),
+        "last_gap": st.get("last_gap"),
+    }
 
 
 @contextmanager

@@ -319,3 +319,31 @@ def test_via_ssh_through_the_real_sshd(db: MariaDB, sshd: SSHD, tmp_path: Path) 
     assert_chain_exact(env.store)
     done = run_cli(env.config, "check-config", "--connect")
     assert done.returncode == 0 and "via ssh" in done.stdout, done.stderr
+
+
+def test_the_daemon_supervises_the_stream(db: MariaDB, tmp_path: Path) -> None:
+    from tests.integration.test_daemon import DaemonProc
+
+    env = Env(db, tmp_path, segment="1m")
+    job = {**env.job(segment="1m"), "schedule": "@yearly"}
+    env.config = write_config(tmp_path, {"db": job}, settings={"http": {"listen": "127.0.0.1:0"}})
+    daemon = DaemonProc(env.config, env={"PYTHONPATH": str(Path(__file__).parents[2])})
+    try:
+        first = daemon.wait_event("stream_started", job="db")
+        wait_for(lambda: state_of(env).get("connected"), 30, "the stream connected")
+        os.kill(first["pid"], signal.SIGKILL)  # the daemon restarts a stream that died
+        again = daemon.wait_event("stream_started", timeout=30, job="db", restarts=1)
+        assert again["pid"] != first["pid"]
+        wait_for(lambda: state_of(env).get("pid") == again["pid"] and state_of(env)["connected"], 30, "reconnected")
+        env.insert(3)
+        wait_for(lambda: state_of(env).get("open_transactions", 0) >= 3, 30, "rows in the open segment")
+        status, body = daemon.get("/metrics")
+        assert status == 200 and b'backupd_pitr_lag_seconds{backup_job="db"}' in body
+        assert b'backupd_pitr_stream_running{backup_job="db"} 1.0' in body
+        assert caught_up(env.store, db) is False  # a one-minute segment: still open
+    finally:
+        rc = daemon.stop(timeout=60)
+    assert rc == 0
+    assert "stream_stopped" in [e["event"] for e in daemon.events()]
+    assert caught_up(env.store, db), "the open segment was committed when the daemon stopped"
+    assert_chain_exact(env.store)

@@ -10,6 +10,7 @@ starts at the server's oldest binlog file: the window restarts at the next base 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -324,6 +325,7 @@ class BinlogStream:
             "oldest_uncommitted": oldest,
             "open_transactions": seg.transactions if seg is not None else 0,
             "connected": connected,
+            "pid": os.getpid(),
             "gaps": self.gaps,
             "last_gap": self.last_gap,
             "segment_seconds": self.segment_seconds,
