@@ -78,6 +78,19 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+def _notify_gap(config: Config, events: EventLog, job: str, reason: str, details: dict[str, Any]) -> None:
+    """The `pitr_gap` notification (through the job's channels, the outbox retries it)."""
+    from backupd.notify.deliver import notify
+    from backupd.notify.message import Message
+    from backupd.store.catalog import Catalog
+
+    catalog = Catalog(config.state_dir)
+    try:
+        notify(config, catalog, events, Message("pitr_gap", job=job, step="stream", error=reason, details=details))
+    finally:
+        catalog.close()
+
+
 def stream_job(config: Config, name: str, stop: threading.Event, events: EventLog) -> None:
     """Hold `JOB.stream` and stream until `stop` is set; LockedError (exit 75) when one already runs."""
     job = config.job(name)
@@ -99,6 +112,7 @@ def stream_job(config: Config, name: str, stop: threading.Event, events: EventLo
             events=events,
             stop=stop,
             recipients=config.recipients_for(name),
+            on_gap=lambda reason, details: _notify_gap(config, events, name, reason, details),
         )
         events.event("pitr_stream_started", job=name)
         source.stream(job, ctx)

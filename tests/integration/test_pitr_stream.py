@@ -24,6 +24,7 @@ from backupd.scratch.mariadb import MariaDB
 from backupd.store.segments import Segment, SegmentStore, chains, check_segment, open_segment
 from backupd.store.stream_state import read_state
 from tests.conftest import wait_for
+from tests.notify.conftest import start_receiver, stop_receiver
 
 BINLOG_ARGS = ["--log-bin=mariadb-bin", "--binlog-format=ROW", "--server-id=1"]
 REPL_GRANTS = "REPLICATION SLAVE, BINLOG MONITOR"
@@ -59,8 +60,8 @@ class Env:
             "pitr": {"enabled": True, "segment": "2s", "server_id": 4001, **pitr},
         }
 
-    def write(self, **pitr: Any) -> Path:
-        return write_config(self.base, {"db": self.job(**pitr)})
+    def write(self, settings: dict[str, Any] | None = None, **pitr: Any) -> Path:
+        return write_config(self.base, {"db": self.job(**pitr)}, settings=settings)
 
     @property
     def store(self) -> SegmentStore:
@@ -257,9 +258,12 @@ def test_a_purged_binlog_is_a_gap_reported_not_hidden(db: MariaDB, tmp_path: Pat
     oldest = db.execute("SHOW BINARY LOGS")[0][0]  # the server may keep one more (its binlog checkpoint)
     assert oldest != env.store.segments()[0].end.file
     env.insert(1)
+    receiver = start_receiver()
+    env.config = env.write(settings={"notify": {"webhook_urls": [receiver.url()]}}, segment="1s")
     proc = env.stream()
     try:
         wait_for(lambda: state_of(env).get("gaps") == 1, 20, "the gap reported")
+        wait_for(lambda: "pitr_gap" in receiver.events(), 20, "the pitr_gap notification")
         wait_for(lambda: caught_up(env.store, db), 20, "the new chain caught up")
     finally:
         rc, out, err = stop(proc)
@@ -268,6 +272,9 @@ def test_a_purged_binlog_is_a_gap_reported_not_hidden(db: MariaDB, tmp_path: Pat
     assert len(gaps) == 1 and "error 1236" in gaps[0]["reason"] and "purged" in gaps[0]["reason"], gaps
     assert gaps[0]["after"] == env.store.segments()[0].manifest["end"]["file"] + ":" + str(
         env.store.segments()[0].manifest["end"]["pos"])
+    stop_receiver(receiver)
+    sent = next(r.json() for r in receiver.requests if r.json().get("event") == "pitr_gap")
+    assert sent["job"] == "db" and "error 1236" in sent["error"]
     runs = list(chains(env.store.segments()))
     assert len(runs) == 2 and runs[1][0].follows is None and str(runs[1][0].start) == f"{oldest}:4"
 

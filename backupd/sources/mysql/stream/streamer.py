@@ -163,6 +163,11 @@ class BinlogStream:
         self.gaps += 1
         self.last_gap = {"after": after, "reason": reason, "at": time.time()}
         self._event("pitr_gap", after=after, reason=reason, chain="new chain from the server's oldest binlog")
+        if self.ctx.on_gap is not None:
+            try:
+                self.ctx.on_gap(reason, {"after": after, "window": "restarts at the next base backup"})
+            except Exception as exc:  # a notification never stops the stream
+                self._event("warning", step="notify", error=f"pitr_gap: {type(exc).__name__}: {exc}")
         self.chain = Chain(None)
         self._write_state(force=True)
 
