@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backupd.fsutil import ensure_private_dir, write_private_file
+from backupd.fsutil import ensure_private_dir
 from backupd.store.locks import job_running
 
 STATE_DIR = "pitr"
@@ -35,7 +35,13 @@ def write_state(state_dir: Path, job: str, state: dict[str, Any]) -> None:
     path = state_path(state_dir, job)
     ensure_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
-    write_private_file(tmp, json.dumps({**state, "updated_at": time.time()}, sort_keys=True).encode())
+    data = json.dumps({**state, "updated_at": time.time()}, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # no fsync: advice, rewritten every second
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 

@@ -19,6 +19,7 @@ from backupd.settings import CompressionCfg
 from backupd.store.segments import TMP_PREFIX, BinlogPos, Segment, SegmentStore
 
 MANIFEST_VERSION = 1
+BATCH = 256 << 10  # transactions are handed to the pipeline in batches: one thread hand-off per batch
 
 
 class SegmentCheckError(Exception):
@@ -60,15 +61,23 @@ class OpenSegment:
         gtid_list = make_gtid_list_event(
             gtid_start.gtids(), server_id=self.server_id, timestamp=parse_header(fde)[0], next_pos=0
         )
-        self.writer.write(MAGIC + fde + gtid_list)
+        self._batch = bytearray(MAGIC + fde + gtid_list)
 
     def add(self, events: list[bytes], first_ts: int) -> None:
         """One whole transaction's events, as the server sent them (CRCs intact)."""
         if self.oldest_event_ts is None:
             self.oldest_event_ts = first_ts
-        self.writer.write(b"".join(events))
+        for raw in events:
+            self._batch += raw
         self.transactions += 1
         self.events += len(events)
+        if len(self._batch) >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self.writer.write(bytes(self._batch))
+            self._batch.clear()
 
     @property
     def age(self) -> float:
@@ -77,6 +86,7 @@ class OpenSegment:
     def commit(self, end: BinlogPos, gtid_end: GtidState, fallback_ts: int | None = None) -> Segment:
         """Close, check, then commit with its manifest; raises SegmentCheckError (file removed) on a bad check."""
         try:
+            self._flush()
             result = self.writer.close()
         except BaseException:
             self.abort()
