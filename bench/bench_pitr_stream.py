@@ -104,6 +104,12 @@ def main() -> int:
             if lag is not None and now - began >= WARMUP:
                 lags.append(lag)
         cpu1, t1 = cpu_times(proc.pid), time.monotonic()
+        threads = {}
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            stat = (task / "stat").read_text()
+            name = stat[stat.index("(") + 1: stat.rindex(")")]
+            f = stat.rsplit(")", 1)[1].split()
+            threads[f"{name}/{task.name}"] = round((int(f[11]) + int(f[12])) / CLK, 2)
         stop.set()
         worker.join()
         time.sleep(1)
@@ -127,6 +133,7 @@ def main() -> int:
               f" stored as {human_bytes(stored)}")
         print(f"lag: max {lags[-1]:.1f}s, p50 {lags[len(lags) // 2]:.1f}s (target < {seg_s + 5:.0f}s)")
         print(f"cpu: {100 * core:.2f}% of a core ({100 * user:.2f}% user, {100 * system:.2f}% system; target < 3%)")
+        print(f"cpu seconds by thread (whole run): {threads}")
         print(f"rss: max {rss_max / 1e6:.1f} MB (target < 60 MB)")
         ok = lags[-1] < seg_s + 5 and core < 0.03 and rss_max < 60e6
         print("targets met" if ok else "TARGETS MISSED")

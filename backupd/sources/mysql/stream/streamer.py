@@ -19,20 +19,27 @@ import pymysql.err
 
 from backupd.errors import StepError
 from backupd.formats.binlog import (
-    BINLOG_CHECKPOINT,
+    CONTROL_EVENTS,
     CRC_LEN,
     FORMAT_DESCRIPTION,
+    GTID,
     GTID_LIST,
+    GTID_STANDALONE,
     HEADER_LEN,
     HEARTBEAT,
+    QUERY,
+    QUERY_COMPRESSED,
     ROTATE,
-    STOP,
+    XA_PREPARE,
+    XID,
     BinlogError,
     Event,
+    Gtid,
     GtidState,
-    TransactionSplitter,
+    parse_gtid,
     parse_gtid_list,
     parse_header,
+    parse_query,
     parse_rotate,
 )
 from backupd.settings import SSHCfg, read_secret
@@ -63,6 +70,47 @@ def fast_event(raw: bytes, label: str) -> Event:
     if length != len(raw):
         raise LinkError(f"{label}: event type {typ} says {length} bytes but holds {len(raw)}")
     return Event(ts, typ, sid, length, next_pos, flags, raw, True)
+
+
+TX_MARKERS = frozenset(CONTROL_EVENTS | {GTID, QUERY, QUERY_COMPRESSED, XID, XA_PREPARE})
+
+
+class TxTracker:
+    """Where transactions begin and end, as `formats/binlog.py: TransactionSplitter` decides (the segment's
+    BinlogChecker holds every committed segment to that), looking only at the events that can end one."""
+
+    def __init__(self) -> None:
+        self.gtid: Gtid | None = None
+        self.flags2 = 0
+        self.first_ts = 0
+
+    @property
+    def open(self) -> bool:
+        return self.gtid is not None
+
+    def feed(self, ev: Event) -> Gtid | None:
+        """A GTID, QUERY, XID or XA_PREPARE event: the GTID of the transaction it ends, else None."""
+        if ev.type == GTID:
+            if self.gtid is not None:
+                raise BinlogError(f"GTID event inside the unfinished transaction {self.gtid}")
+            self.gtid, self.flags2 = parse_gtid(ev)
+            self.first_ts = ev.timestamp
+            return None
+        if self.gtid is None:
+            raise BinlogError(f"event type {ev.type} at log position {ev.next_pos} outside any transaction")
+        ends = ev.type in (XID, XA_PREPARE)
+        if ev.type == QUERY:
+            word = parse_query(ev)[1].lstrip()[:10].upper()
+            if word.startswith(("COMMIT", "ROLLBACK")) and not word.startswith("ROLLBACK TO"):
+                ends = True
+            elif not word.startswith(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "XA ")):
+                ends = bool(self.flags2 & GTID_STANDALONE)
+        elif ev.type == QUERY_COMPRESSED:
+            ends = bool(self.flags2 & GTID_STANDALONE)
+        if not ends:
+            return None
+        gtid, self.gtid = self.gtid, None
+        return gtid
 
 
 class Gap(Exception):
@@ -195,32 +243,37 @@ class BinlogStream:
         start = chain.end
         conn.dump(start, self.server_id, self.heartbeat)
         self._event("pitr_streaming", start=str(start), gtid=str(chain.gtid), server=conn.label)
-        split = TransactionSplitter()
+        tx = TxTracker()
         pending: list[bytes] = []
         file = start.file
         expect: int | None = start.pos  # where the next real event must start
         self._fde = None
         self.at = start
         grace: float | None = None
+        stop = self.ctx.stop
         while True:
-            stopping = self.ctx.stop.is_set()
-            if stopping and not split.in_transaction:
-                return
-            if stopping and grace is None:
-                grace = time.monotonic() + STOP_GRACE
-            if grace is not None and time.monotonic() > grace:
-                return  # the rest of the transaction never came: it is streamed again next time
+            if stop.is_set():
+                if not tx.open:
+                    return
+                if grace is None:
+                    grace = time.monotonic() + STOP_GRACE
+                elif time.monotonic() > grace:
+                    return  # the rest of the transaction never came: it is streamed again next time
             raw = conn.read_event()
             if raw is None:
                 raise LinkError(f"{conn.label}: the server ended the binlog stream")
+            typ = raw[4]
+            if tx.open and typ not in TX_MARKERS:  # row events, table maps...: the bulk, kept cheap
+                pending.append(raw)
+                continue
             self.seen_at = time.time()
             ev = fast_event(raw, conn.label)
-            if ev.type == HEARTBEAT:
+            if typ == HEARTBEAT:
                 self.server_pos = BinlogPos(ev.body.decode("utf-8", "replace"), ev.next_pos)
                 self._maybe_close()
                 self._write_state()
                 continue
-            if ev.type == ROTATE and ev.artificial:
+            if typ == ROTATE and ev.artificial:
                 pos, name = parse_rotate(ev)
                 if name != file:
                     self._switch_file(BinlogPos(name, pos), ev.timestamp)
@@ -232,31 +285,31 @@ class BinlogStream:
                 if begins != expect:
                     raise Gap(f"the server sent {file}:{begins}, the stream expected {file}:{expect}")
                 expect = None
-            if ev.type == FORMAT_DESCRIPTION:
-                self._fde = ev.raw
-                continue
-            if ev.type == GTID_LIST and not split.in_transaction:
-                self._gtid_list(ev, BinlogPos(file, ev.next_pos))
-                continue
-            if ev.type in (ROTATE, STOP, BINLOG_CHECKPOINT):
-                if not split.in_transaction and ev.next_pos:
+            if typ in CONTROL_EVENTS:
+                if tx.open:
+                    raise Gap(f"{file}:{ev.next_pos}: event type {typ} inside the transaction {tx.gtid}")
+                if typ == FORMAT_DESCRIPTION:
+                    self._fde = ev.raw
+                elif typ == GTID_LIST:
+                    self._gtid_list(ev, BinlogPos(file, ev.next_pos))
+                elif ev.next_pos:
                     self._advance(BinlogPos(file, ev.next_pos))
                 continue
             try:
-                tx = split.feed(ev)
+                ended = tx.feed(ev)
             except BinlogError as exc:
                 raise Gap(f"{file}:{ev.next_pos}: {exc}") from None
-            pending.append(ev.raw)
-            if tx is None:
+            pending.append(raw)
+            if ended is None:
                 continue
             if self._fde is None:
                 raise LinkError(f"{conn.label}: events before any Format_description")
             if self.open is None:
                 self.open = self._new_segment(self._fde)
-            self.open.add(pending, tx.first_timestamp)
+            self.open.add(pending, tx.first_ts)
             pending = []
-            self.chain.gtid.apply(tx.gtid)
-            self._advance(BinlogPos(file, tx.end_pos))
+            self.chain.gtid.apply(ended)
+            self._advance(BinlogPos(file, ev.next_pos))
             self._maybe_close()
             self._write_state()
 
