@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from backupd.engine.crypto import load_identities, unlocking
 from backupd.formats.binlog import GTID, BinlogChecker, EventReader, Gtid, parse_gtid
 from backupd.lab.content import write_config, write_secret
 from backupd.lab.sshd import SSHD
@@ -201,17 +202,30 @@ def test_kill_9_mid_segment_then_resume_without_loss_or_duplicates(db: MariaDB, 
     assert leftovers and all(n.startswith(".tmp-") for n in leftovers), leftovers
     env.insert(2)
 
-    env.config = env.write(segment="1s")
+    # restarted with the job's backups encrypted: the new segments are age ciphertext
+    key = tmp_path / "age.key"
+    made = subprocess.run(["age-keygen", "-o", str(key)], capture_output=True, text=True, check=True)
+    recipient = made.stderr.strip().split(": ", 1)[1]
+    env.config = env.write(settings={"encryption": {"age_recipients": [recipient]}}, segment="1s")
     proc = env.stream()
     try:
-        wait_for(lambda: caught_up(env.store, db), 30, "the restarted stream caught up")
+        with unlocking(load_identities(key)):
+            wait_for(lambda: caught_up(env.store, db), 30, "the restarted stream caught up")
     finally:
         rc, _, err = stop(proc)
     assert rc == 0, err
     assert not any(p.name.startswith(".tmp-") for p in env.store.dir.iterdir())
-    assert_chain_exact(env.store)
-    seqs = our_seqs(env)
+    segs = env.store.segments()
+    assert all(s.path.name.endswith(".binlog.zst.age") and s.manifest["encrypted"] for s in segs)
+    with unlocking(load_identities(key)):
+        assert_chain_exact(env.store)
+        seqs = our_seqs(env)
     assert seqs == list(range(1, server_gtids(db) + 1)), "every transaction exactly once"
+    # the real age and zstd open it; the real mariadb-binlog reads it
+    plain = tmp_path / "seg.binlog"
+    age = subprocess.run(["age", "-d", "-i", str(key), str(segs[-1].path)], capture_output=True, check=True)
+    plain.write_bytes(subprocess.run(["zstd", "-dc"], input=age.stdout, capture_output=True, check=True).stdout)
+    assert subprocess.run(["mariadb-binlog", str(plain)], capture_output=True, check=False).returncode == 0
 
 
 def test_rotation_and_server_restart_while_streaming(db: MariaDB, tmp_path: Path) -> None:
