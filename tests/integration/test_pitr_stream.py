@@ -168,10 +168,15 @@ def test_stream_commits_segments_that_replay_alone(db: MariaDB, tmp_path: Path) 
         with open_segment(seg) as fh:
             checker.feed(fh.read())
         assert checker.finish().ok
-    # the stream's state: committed up to the server's position, no lag after the stop
+    # the stream's state: committed up to the server's position; `status` shows the stream
     state = read_state(tmp_path / "state", "db")
     assert state is not None and state["gaps"] == 0
     assert state["committed"] == segs[-1].manifest["end"]
+    status = run_cli(env.config, "status")
+    end = segs[-1].end
+    assert "db: stream STOPPED, lag " in status.stdout and f"committed {end.file}:{end.pos}" in status.stdout
+    shown = json.loads(run_cli(env.config, "status", "--json").stdout)[0]["stream"]
+    assert shown["running"] is False and shown["committed"] == segs[-1].manifest["end"] and shown["gaps"] == 0
 
     # replayed (that database's events) into a fresh server, the segments give the same rows
     rows_live = db.execute(f"SELECT id, v FROM {env.database}.t ORDER BY id")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pymysql.err
 
@@ -46,7 +47,11 @@ def expiry_seconds(facts: ServerFacts) -> int:
 
 def check_server(conn: ReplicationConnection, facts: ServerFacts) -> list[str]:
     """Each rule a clear line: StepError at the first that rules streaming out, warnings prefixed."""
-    host = conn.label
+    return check_facts(facts, conn.grants, conn.label)
+
+
+def check_facts(facts: ServerFacts, grants: Callable[[], list[str]], host: str) -> list[str]:
+    """The rules over what the server said (`grants` is only asked once the server itself qualifies)."""
 
     def refuse(msg: str) -> StepError:
         return StepError(STEP, msg, host=host)
@@ -64,7 +69,7 @@ def check_server(conn: ReplicationConnection, facts: ServerFacts) -> list[str]:
         )
     if facts.var("binlog_checksum").upper() in ("", "NONE"):
         raise refuse("binlog_checksum is NONE: set binlog_checksum=CRC32 so every streamed event can be checked")
-    privs = global_privileges(conn.grants())
+    privs = global_privileges(grants())
     has_all = "ALL PRIVILEGES" in privs or "ALL" in privs
     missing = [p for p, alts in (("REPLICATION SLAVE", ("REPLICATION SLAVE", "REPLICATION REPLICA")),
                                  ("BINLOG MONITOR", ("BINLOG MONITOR", "REPLICATION CLIENT")))

@@ -166,8 +166,11 @@ class BinlogStream:
     def _resume_point(self) -> Chain:
         self.ctx.segments.sweep()
         last = self.ctx.segments.last()
-        if last is None or last.manifest.get("unreadable"):
+        if last is None:
             return Chain(None)
+        if last.manifest.get("unreadable") or "end" not in last.manifest:
+            raise StepError("stream", f"segment {last.seq:08d} in {self.ctx.segments.dir}: its manifest is"
+                            " unreadable, so where to resume is unknown (move the segment aside to start a new chain)")
         self.committed_at = time.time()
         return Chain(last.end, GtidState.parse(str(last.manifest.get("gtid_end", ""))), last.seq, new=False)
 
