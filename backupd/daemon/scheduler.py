@@ -219,7 +219,7 @@ class Daemon:
         self._reap()
         if self.stopping:
             self._stop_children(mono)
-            self.streams.stop_all(mono)
+            self.streams.stop_all(mono, force=self.force_kill)
         else:
             if self.reload_requested:
                 self.reload_requested = False

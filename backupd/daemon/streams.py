@@ -109,10 +109,14 @@ class StreamSupervisor:
             with contextlib.suppress(ProcessLookupError):
                 child.proc.send_signal(signal.SIGTERM)
 
-    def stop_all(self, mono: float) -> None:
+    def stop_all(self, mono: float, force: bool = False) -> None:
+        """SIGTERM every stream (each commits its open segment); `force` (a second SIGTERM): SIGKILL now."""
         self.stopping = True
         for child in self.children.values():
             self._terminate(child, mono)
+            if force and child.proc is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
 
     def alive(self) -> int:
         return sum(1 for c in self.children.values() if c.proc is not None)
