@@ -309,7 +309,7 @@ def load_config(path: Path) -> Config:
     elif "retention_file" in user:
         raise ConfigError(path, "retention_file", f"file {settings.retention_file} does not exist")
 
-    return Config(
+    config = Config(
         path=path,
         settings=settings,
         jobs=jobs,
@@ -318,6 +318,11 @@ def load_config(path: Path) -> Config:
         retention_path=retention_path,
         warnings=warnings,
     )
+    from backupd.store.s3_lock import retention_warnings
+
+    where = retention_path or path
+    warnings.extend(f"config {where}: {w}" for w in retention_warnings(config))
+    return config
 
 
 def _check_tz(file: Path, key: str, tz: str) -> None:
