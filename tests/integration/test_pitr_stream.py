@@ -338,11 +338,16 @@ def test_via_ssh_through_the_real_sshd(db: MariaDB, sshd: SSHD, tmp_path: Path) 
     try:
         env.insert(2)
         wait_for(lambda: caught_up(env.store, db), 30, "rows committed through the SSH host")
+        second = run_cli(env.config, "stream", "db")  # the stream's own lock: one stream per job
+        assert second.returncode == 75 and "db.stream: already running" in second.stderr, second.stderr
     finally:
         rc, out, err = stop(proc)
     assert rc == 0, err
     assert "via ssh" in next(e["server"] for e in events(out) if e["event"] == "pitr_streaming")
     assert_chain_exact(env.store)
+    nopitr = write_config(tmp_path / "nopitr", {"db": {**job, "pitr": {"enabled": False}}})
+    done = run_cli(nopitr, "stream", "db")
+    assert done.returncode == 2 and "does not stream a log" in done.stderr, done.stderr
     done = run_cli(env.config, "check-config", "--connect")
     assert done.returncode == 0 and "via ssh" in done.stdout and "ROW binlog" in done.stdout, done.stderr
 
