@@ -371,6 +371,9 @@ def test_the_daemon_supervises_the_stream(db: MariaDB, tmp_path: Path) -> None:
         status, body = daemon.get("/metrics")
         assert status == 200 and b'backupd_pitr_lag_seconds{backup_job="db"}' in body
         assert b'backupd_pitr_stream_running{backup_job="db"} 1.0' in body
+        pitr_lines = b"\n".join(x for x in body.splitlines() if b"backupd_pitr" in x) + b"\n"
+        lint = subprocess.run(["promtool", "check", "metrics"], input=pitr_lines, capture_output=True, check=False)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
         assert caught_up(env.store, db) is False  # a one-minute segment: still open
     finally:
         rc = daemon.stop(timeout=60)
