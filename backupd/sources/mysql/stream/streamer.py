@@ -52,7 +52,7 @@ from backupd.sources.mysql.stream.replication import (
     ReplicationConnection,
     replication_connection,
 )
-from backupd.sources.mysql.stream.segmenter import OpenSegment
+from backupd.sources.mysql.stream.segmenter import OpenSegment, SegmentCheckError
 from backupd.store.segments import BinlogPos, Segment
 from backupd.store.stream_state import read_state, write_state
 
@@ -206,6 +206,10 @@ class BinlogStream:
                 self._commit_open()
                 self._gap(str(exc))
                 self.ctx.stop.wait(min(backoff, 1.0))
+            except SegmentCheckError as exc:  # corrupt bytes from the link: never committed, streamed again
+                self._event("pitr_segment_refused", error=str(exc), retry_in=backoff)
+                self.ctx.stop.wait(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
             except pymysql.err.MySQLError as exc:
                 msg = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
                 if not checked:  # a refused login or missing grant at the start: not worth retrying
@@ -359,9 +363,14 @@ class BinlogStream:
             self._commit(self.at)
 
     def _commit_open(self) -> None:
-        if self.open is not None and self.open.transactions and self.at is not None:
-            self._commit(self.at)
-        elif self.open is not None:
+        """Commit what is open (the link dropped, or a stop); a segment failing its check is dropped here:
+        the chain's end did not move, so the next session streams those transactions again."""
+        try:
+            if self.open is not None and self.open.transactions and self.at is not None:
+                self._commit(self.at)
+        except SegmentCheckError as exc:
+            self._event("pitr_segment_refused", error=str(exc))
+        if self.open is not None:
             self.open.abort()
             self.open = None
 
