@@ -27,11 +27,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, Literal
 
+from backupd.actions.stream import pitr_jobs
 from backupd.config import load_config
 from backupd.daemon.metrics import make_registry, render
 from backupd.daemon.page import render_page
 from backupd.daemon.sdnotify import Notifier, child_environ
 from backupd.daemon.status import all_status, notify_status
+from backupd.daemon.streams import StreamSupervisor
 from backupd.daemon.watch import Watcher
 from backupd.errors import EXIT_LOCKED, EXIT_OK, BackupdError
 from backupd.logs import EventLog
@@ -113,6 +115,7 @@ class Daemon:
         self._next_watchdog = 0.0
         self._status_text = ""
         self.watcher = Watcher(lambda: self.config, events)
+        self.streams = StreamSupervisor(lambda: self.config.path, events, child_environ)  # PITR jobs' streams
 
     # ------------------------------------------------------------ setup
 
@@ -180,6 +183,7 @@ class Daemon:
             max_concurrent_jobs=self.config.settings.scheduler.max_concurrent_jobs,
         )
         self._catch_up(now, "start")
+        self.streams.update(pitr_jobs(self.config))
         self._dispatch()
         self._publish()
         self.notifier.ready(self._status_line())
@@ -189,7 +193,7 @@ class Daemon:
         try:
             while True:
                 self._tick()
-                if self.stopping and not self.running:
+                if self.stopping and not self.running and not self.streams.alive():
                     break
                 timeout = self._sleep_for()
                 if sel.select(timeout):
@@ -215,6 +219,7 @@ class Daemon:
         self._reap()
         if self.stopping:
             self._stop_children(mono)
+            self.streams.stop_all(mono, force=self.force_kill)
         else:
             if self.reload_requested:
                 self.reload_requested = False
@@ -226,13 +231,14 @@ class Daemon:
                 self._catch_up(now, "clock jump")
             self._fire_due(now)
             self._dispatch()
+        self.streams.tick(mono)
         self._enforce_timeouts(mono)
         self._publish()
         self._ping_watchdog(mono)
 
     def _sleep_for(self) -> float:
         wall, mono = time.time(), time.monotonic()
-        waits = [HEARTBEAT]
+        waits = [HEARTBEAT, self.streams.next_wake(mono)]
         if self.notifier.watchdog_interval:
             waits.append(self._next_watchdog - mono)
         if not self.stopping:
@@ -505,6 +511,7 @@ class Daemon:
         self._catalog_reset()
         self._build_entries(now)
         self.queue = [t for t in self.queue if (t.job, t.kind) in self.entries]
+        self.streams.update(pitr_jobs(new))
         self.events.event("reloaded", jobs=len(new.jobs))
 
     def _catalog_reset(self) -> None:
