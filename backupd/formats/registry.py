@@ -11,6 +11,7 @@ from backupd.formats.base import CheckResult, FormatChecker
 FORMATS: dict[str, tuple[str, str]] = {
     "mongo-archive": ("backupd.formats.mongo_archive", "MongoArchiveChecker"),
     "redis-rdb": ("backupd.formats.rdb", "RdbChecker"),
+    "binlog": ("backupd.formats.binlog", "BinlogChecker"),
     "pg-custom": ("backupd.formats.pgdump", "PgCustomChecker"),
     "tar": ("backupd.formats.tarball", "TarChecker"),
     "sql-dump": ("backupd.formats.sqldump", "SqlDumpChecker"),
