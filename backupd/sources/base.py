@@ -287,6 +287,10 @@ class PointInTime(abc.ABC, Generic[J]):
     def pitr_enabled(self, job: J) -> bool:
         """The job has point-in-time recovery switched on (e.g. `[pitr] enabled = true`)."""
 
+    def pitr_window(self, job: J) -> float:
+        """Seconds back from now that must stay restorable (`[pitr] window`): what retention keeps."""
+        return 7 * 86400.0
+
     @abc.abstractmethod
     def check_pitr(self, job: J) -> list[str]:
         """The server's side of PITR (log on, format, privileges, expiry): detail lines, warnings prefixed

@@ -16,10 +16,12 @@ from backupd.sources.base import (
     DrillContext,
     DrillResult,
     DumpContext,
+    PointInTime,
     Progress,
     Restored,
     RestoreRequest,
     Source,
+    StreamContext,
     drill_password,
 )
 from backupd.sources.files.config import FilesPart
@@ -29,7 +31,9 @@ from backupd.sources.mysql.client import parse_mysql_uri, reach_mysql, restore_s
 from backupd.sources.mysql.config import MySQLPart
 from backupd.sources.mysql.drill import drill_sql
 from backupd.sources.mysql.dump import dump_part
+from backupd.sources.mysql.pitr import UNTIL_OPTION, pitr_drill_sql, prepare_until, restore_until_sql
 from backupd.store.backups import StoredBackup
+from backupd.store.segments import SegmentStore
 
 
 class WordPressJob(JobBase):
@@ -45,10 +49,10 @@ class WordPressJob(JobBase):
         return self
 
 
-class WordPressSource(Source[WordPressJob]):
+class WordPressSource(Source[WordPressJob], PointInTime[WordPressJob]):
     type = "wordpress"
     model = WordPressJob
-    restore_options = (FILES_TO_OPTION, PASSWORD_FILE_OPTION, DATABASE_OPTION)
+    restore_options = (FILES_TO_OPTION, PASSWORD_FILE_OPTION, DATABASE_OPTION, UNTIL_OPTION)
 
     def check_reachable(self, job: WordPressJob) -> list[str]:
         return reach_mysql(job.mysql, job.ssh)
@@ -80,3 +84,37 @@ class WordPressSource(Source[WordPressJob]):
         sql = drill_sql(job.drill.target, drill_password(job.mysql.password_file), backup, ctx)
         files = drill_files(None, backup, ctx)  # a wordpress [drill] target is the MySQL server
         return DrillResult(sql.checks + files.checks, sql.restore_seconds + files.restore_seconds)
+
+    # ---------------------------------------------------------------- point in time (docs/pitr.md)
+
+    def pitr_enabled(self, job: WordPressJob) -> bool:
+        return job.mysql.pitr.enabled
+
+    def pitr_window(self, job: WordPressJob) -> float:
+        return float(job.mysql.pitr.window)
+
+    def check_pitr(self, job: WordPressJob) -> list[str]:  # the stream's side: not on this branch
+        raise UsageError("pitr: the server checks are not built yet")
+
+    def stream(self, job: WordPressJob, ctx: StreamContext) -> None:  # the stream's side: not on this branch
+        raise UsageError("stream: not built yet")
+
+    def restore_until(
+        self, job: WordPressJob, backups: list[StoredBackup], segments: SegmentStore, req: RestoreRequest,
+        progress: Progress,
+    ) -> list[Restored]:  # fmt: skip
+        """The database to the point; the files cannot be rolled forward: they come from the base backup."""
+        files_to = Path(req.option("files_to"))
+        if not directory_is_empty(files_to) and not req.yes:
+            raise BackupdError(f"restore: target directory {files_to} is not empty; use --yes to restore over it")
+        pr = prepare_until(backups, segments, req)
+        done = restore_until_sql(pr, req, progress)
+        files = restore_tar_artifacts(pr.plan.base.backup, files_to, yes=req.yes, progress=progress)
+        base = pr.plan.base.backup.backup_id
+        return done + [Restored(f"{r.artifact} (files as of base backup {base}, not rolled forward)", r.target,
+                                r.objects, r.seconds) for r in files]
+
+    def pitr_drill(
+        self, job: WordPressJob, backups: list[StoredBackup], segments: SegmentStore, ctx: DrillContext
+    ) -> DrillResult:
+        return pitr_drill_sql(job.drill.target, drill_password(job.mysql.password_file), backups, segments, ctx)

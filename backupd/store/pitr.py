@@ -15,6 +15,7 @@ including it).
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,29 @@ def parse_until(text: str) -> Until:
 
 
 # ------------------------------------------------------------------ bases and the window
+
+
+def databases_of(backups: list[StoredBackup]) -> list[str]:
+    """The databases the job's bases record a binlog position for."""
+    names: set[str] = set()
+    for b in backups:
+        arts = b.manifest.get("artifacts", [])
+        names |= {str(a.get("database", a["name"])) for a in arts if "binlog_position" in a}
+    return sorted(names)
+
+
+def pick_database(backups: list[StoredBackup], only: str | None) -> str:
+    """`--database`, or the one database of the job (a restore to a point replays one database)."""
+    have = databases_of(backups)
+    if only is not None:
+        return only
+    if len(have) > 1:
+        raise UsageError(
+            f"restore: --until: the job has several databases ({', '.join(have)}): pick one with --database"
+        )
+    if not have:
+        raise BackupdError("restore: --until: no base backup of this job records a binlog position")
+    return have[0]
 
 
 @dataclass(frozen=True)
@@ -193,6 +217,21 @@ def _segments_for(chain: list[Segment], base: Base, until: Until) -> list[Segmen
     return out
 
 
+def plan_from(base: Base, segs: list[Segment], until: Until) -> Plan:
+    """Roll this base forward to `until` (a drill's pair of bases): its chain must reach the target."""
+    for chain in chains(segs):
+        if not covers(chain, base.pos):
+            continue
+        if not _in_chain(chain, until):
+            last = chain[-1]
+            raise BackupdError(
+                f"the binlog chain from base {base.backup.backup_id} ends at segment {last.seq:08d} ({last.end}),"
+                f" before {until}: a segment is missing or not committed yet"
+            )
+        return Plan(base, _segments_for(chain, base, until), until)
+    raise BackupdError(f"no committed segment covers base {base.backup.backup_id}'s position {base.pos}")
+
+
 def plan_restore(backups: list[StoredBackup], segs: list[Segment], until: Until, database: str | None) -> Plan:
     """The newest base before the target with an unbroken chain of segments to it; else one clear refusal."""
     job = backups[0].job if backups else "?"
@@ -234,7 +273,7 @@ def _refuse(
         raise BackupdError(f"restore: --until {until} is not in any committed segment; the restorable window is {span}")
     if len(runs) > 1 and any(_before_target(b, until) for b in all_bases):
         # the target is reachable only across a break: name the first break after the newest base before it
-        for prev, nxt in zip(runs, runs[1:], strict=False):
+        for prev, nxt in itertools.pairwise(runs):
             if any(covers(prev, b.pos) or b.pos < prev[0].start for b in all_bases if _before_target(b, until)):
                 a, b2 = prev[-1], nxt[0]
                 raise BackupdError(

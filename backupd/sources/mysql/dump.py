@@ -100,7 +100,8 @@ def dump_part(ctx: DumpContext, part: MySQLPart, ssh: SSHCfg | None) -> list[dic
             for db in databases:
                 ctx.events.event("step", step="dump", database=db, host=host)
                 with _artifact(ctx, db, host) as writer:
-                    _judge(remote_stream(conn, shlex.join(dump_argv(tool, "/dev/stdin", db, pitr)), writer, opts), db, host)
+                    argv = shlex.join(dump_argv(tool, "/dev/stdin", db, pitr))
+                    _judge(remote_stream(conn, argv, writer, opts), db, host)
                 _record_position(ctx, db, host, pitr)
                 done.append(_facts(ctx, db))
         return done
