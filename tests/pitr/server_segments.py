@@ -87,7 +87,7 @@ def commit_closed_binlogs(server: MariaDB, store: SegmentStore, job: str, per_se
             continue  # committed already
         events: list[Event] = EventReader().feed(path.read_bytes())
         fde = next(e for e in events if e.type == FORMAT_DESCRIPTION)
-        state = GtidState()
+        state = head_state = GtidState()
         split = TransactionSplitter()
         rotate = next((e for e in events if e.type == ROTATE and not e.artificial), None)
         file_end = BinlogPos(parse_rotate(rotate)[1], parse_rotate(rotate)[0]) if rotate else None
@@ -102,23 +102,28 @@ def commit_closed_binlogs(server: MariaDB, store: SegmentStore, job: str, per_se
                 continue
             if not split.in_transaction and ev.type != GTID:
                 continue  # binlog checkpoints and other control events between transactions
+            if not body:
+                head_state = state.copy()
             body += ev.raw
             tx = split.feed(ev)
             if tx is None:
                 continue
             count += 1
             tx_end = tx.end_pos
+            state.apply(tx.gtid)
             if count == per_segment:
-                head = MAGIC + fde.raw + make_gtid_list_event(state.gtids(), server_id=1, timestamp=fde.timestamp,
-                                                             next_pos=0)
+                head = MAGIC + fde.raw + make_gtid_list_event(head_state.gtids(), server_id=1,
+                                                             timestamp=fde.timestamp, next_pos=0)
                 end = BinlogPos(path.name, tx_end)
                 seg = _commit(store, job, head + bytes(body), start, end, last, 1)
                 done.append(seg)
                 last, start = seg, end
                 body.clear()
                 count = 0
-            state.apply(tx.gtid)
-        head = MAGIC + fde.raw + make_gtid_list_event(state.gtids(), server_id=1, timestamp=fde.timestamp, next_pos=0)
+        if not body:
+            head_state = state.copy()
+        head = MAGIC + fde.raw + make_gtid_list_event(head_state.gtids(), server_id=1, timestamp=fde.timestamp,
+                                                     next_pos=0)
         end = file_end or BinlogPos(path.name, tx_end)
         seg = _commit(store, job, head + bytes(body), start, end, last, 1)
         done.append(seg)

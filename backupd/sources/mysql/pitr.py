@@ -126,7 +126,7 @@ def check_target(client: str, optfile: Path, target: MySQLTarget) -> bool:
 
 
 def replay_argv(tool: str, database: str, target_db: str, disable_log_bin: bool) -> list[str]:
-    argv = [tool, "--verify-binlog-checksum", f"--database={target_db}"]
+    argv = [tool, "--verify-binlog-checksum", f"--database={database}"]  # filters before the rewrite
     if target_db != database:
         argv.append(f"--rewrite-db={database}->{target_db}")
     if disable_log_bin:
