@@ -225,7 +225,7 @@ def pitr_drill_sql(
         span = max(0, int((w.end - w.start).total_seconds()))
         instant = w.start + timedelta(seconds=(rng or random.SystemRandom()).randint(0, span))
         for database in sorted(w.base.positions):
-            db = f"{prefix}{database}_at"[:64] if prefix else f"{database}_at"[:64]
+            db = f"{prefix}{database}"[:64]  # the original name on a scratch server: DDL naming it replays
             try:
                 plan = plan_restore(backups, segments.segments(), Until(iso(instant), time=instant), database)
                 n = _roll(client, optfile, host, db, database, plan)
@@ -253,6 +253,7 @@ def chain_pair(backups: list[StoredBackup], segs: list[Segment]) -> tuple[Base, 
 def _roll(client: str, optfile: Path, host: str, db: str, database: str, plan: Plan) -> int:
     """Restore `database` of the plan's base as `db`, then replay the plan; transactions replayed."""
     result = scan(plan, database)
+    check_statements(result, database, db)
     until = plan.until
     if until.pos is not None and (result.end or plan.base.positions[database]) != until.pos and not result.reached:
         raise BackupdError(f"drill: the committed segments end before {until} (a segment is missing)")
