@@ -52,7 +52,7 @@ def test_the_chain_drill_fails_without_a_segment(pitr_world: World, capsys: pyte
     binlog = tmp_path / "w" / "store" / JOB / "binlog"
     (binlog / name).unlink()
     (binlog / (name.split(".")[0] + ".json")).unlink()
-    rc, reports, err = drill(capsys, cfg, "--pitr")
+    rc, reports, _ = drill(capsys, cfg, "--pitr")
     assert rc == 1
     assert "a segment is missing" in str(reports[0]["error"])
 
@@ -66,6 +66,6 @@ def test_the_chain_drill_refuses_an_altered_segment(pitr_world: World, capsys: p
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x40
     path.write_bytes(bytes(data))
-    rc, reports, err = drill(capsys, cfg, "--pitr")
+    rc, reports, _ = drill(capsys, cfg, "--pitr")
     assert rc == 1
     assert "sha256 does not match" in str(reports[0]["error"])
