@@ -120,3 +120,16 @@ def test_a_hole_in_the_chain_is_refused(pitr_world: World, capsys: pytest.Captur
     before_second = [s for s in sorted(w.snapshots) if w.base_seconds[0] <= s < w.base_seconds[1]][-1]
     rc, _, err = restore(capsys, cfg, w, second(before_second), w.to("shop"), "--database", "shop")
     assert rc != 0 and "is broken after segment" in err and "a segment is missing" in err
+
+
+def test_the_target_needs_binlog_replay(pitr_world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from backupd.lab.content import write_secret
+
+    w = pitr_world
+    w.target.create_user("limited", "limited-pw", "ALL", "`shop_lim`.*")
+    pw = write_secret(tmp_path / "limited.pw", "limited-pw")
+    to = f"mysql://limited@{w.target.host}:{w.target.port}/shop_lim"
+    rc, _, err = run_cli(capsys, "--config", str(w.config), "restore", JOB, "--until", second(sorted(w.snapshots)[-1]),
+                         "--to", to, "--password-file", str(pw), "--database", "shop")
+    assert rc != 0 and "lacks the BINLOG REPLAY privilege" in err
+    assert w.target.execute("SHOW DATABASES LIKE 'shop_lim'") == [], "refused before anything was written"
