@@ -207,9 +207,9 @@ def _segments_for(chain: list[Segment], base: Base, until: Until) -> list[Segmen
     for seg in chain:
         if seg.end <= base.pos:
             continue  # wholly before the base
+        if until.time is not None and out and seg.first_time > until.time:
+            break  # every transaction in it committed after the target
         out.append(seg)
-        if until.time is not None and seg.first_time > until.time:
-            break
         if until.pos is not None and until.pos <= seg.end:
             break
         if until.gtid is not None and _gtid_reached(seg, until.gtid):
@@ -229,7 +229,9 @@ def plan_from(base: Base, segs: list[Segment], until: Until) -> Plan:
                 f" before {until}: a segment is missing or not committed yet"
             )
         return Plan(base, _segments_for(chain, base, until), until)
-    raise BackupdError(f"no committed segment covers base {base.backup.backup_id}'s position {base.pos}")
+    raise BackupdError(
+        f"no committed segment covers base {base.backup.backup_id}'s position {base.pos}: a segment is missing"
+    )
 
 
 def plan_restore(backups: list[StoredBackup], segs: list[Segment], until: Until, database: str | None) -> Plan:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from backupd.store.segments import BinlogPos
 from tests.conftest import run_cli
 from tests.pitr.conftest import JOB, World
 
@@ -40,8 +41,15 @@ def test_the_chain_drill_passes(pitr_world: World, capsys: pytest.CaptureFixture
 
 
 def _between_bases(w: World) -> list[str]:
-    return [s.path.name for s in w.segments()
-            if w.base_seconds[0] <= s.first_time.timestamp() and s.last_time.timestamp() < w.base_seconds[1]]
+    """Segments wholly between the two bases' positions (neither holds a base's position)."""
+    def pos(bid: str) -> tuple[str, int, int]:
+        arts = json.loads((w.store / JOB / bid / "manifest.json").read_text())["artifacts"]
+        return min(BinlogPos(a["binlog_position"]["file"], a["binlog_position"]["pos"]).key for a in arts)
+
+    first, second = pos(w.bases[0]), pos(w.bases[1])
+    names = [s.path.name for s in w.segments() if first < s.start.key and s.end.key < second]
+    assert names, "the workload made no segment between the bases"
+    return names
 
 
 def test_the_chain_drill_fails_without_a_segment(pitr_world: World, capsys: pytest.CaptureFixture[str],
