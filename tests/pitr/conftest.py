@@ -10,6 +10,7 @@ committed in seconds before s, which is what `--until s` restores.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 
 from backupd.lab.content import write_config, write_secret
 from backupd.scratch.mariadb import MariaDB
-from backupd.store.segments import Segment, SegmentStore
+from backupd.store.segments import BinlogPos, Segment, SegmentStore
 from tests.pitr.server_segments import commit_closed_binlogs
 
 LOG_BIN = ["--log-bin=mariadb-bin", "--binlog-format=ROW", "--server-id=1"]
@@ -57,6 +58,18 @@ class World:
         text = (dest / "backupd.toml").read_text().replace(str(self.base), str(dest))
         (dest / "backupd.toml").write_text(text)
         return dest / "backupd.toml"
+
+    def between_bases(self) -> list[str]:
+        """File names of the segments wholly between the two bases' positions (neither holds one)."""
+
+        def pos(bid: str) -> tuple[str, int, int]:
+            arts = json.loads((self.store / JOB / bid / "manifest.json").read_text())["artifacts"]
+            return min(BinlogPos(a["binlog_position"]["file"], a["binlog_position"]["pos"]).key for a in arts)
+
+        first, second = pos(self.bases[0]), pos(self.bases[1])
+        names = [s.path.name for s in self.segments() if first < s.start.key and s.end.key < second]
+        assert names, "the workload made no segment between the bases"
+        return names
 
     def to(self, database: str) -> str:
         return f"mysql://root@{self.target.host}:{self.target.port}/{database}"

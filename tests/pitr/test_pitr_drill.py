@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from backupd.store.segments import BinlogPos
 from tests.conftest import run_cli
 from tests.pitr.conftest import JOB, World
 
@@ -40,23 +39,11 @@ def test_the_chain_drill_passes(pitr_world: World, capsys: pytest.CaptureFixture
     assert reports[0]["notes"][:1] == ["pitr drill"], "a PITR job's drills alternate"  # type: ignore[index]
 
 
-def _between_bases(w: World) -> list[str]:
-    """Segments wholly between the two bases' positions (neither holds a base's position)."""
-    def pos(bid: str) -> tuple[str, int, int]:
-        arts = json.loads((w.store / JOB / bid / "manifest.json").read_text())["artifacts"]
-        return min(BinlogPos(a["binlog_position"]["file"], a["binlog_position"]["pos"]).key for a in arts)
-
-    first, second = pos(w.bases[0]), pos(w.bases[1])
-    names = [s.path.name for s in w.segments() if first < s.start.key and s.end.key < second]
-    assert names, "the workload made no segment between the bases"
-    return names
-
-
 def test_the_chain_drill_fails_without_a_segment(pitr_world: World, capsys: pytest.CaptureFixture[str],
                                                  tmp_path: Path) -> None:  # fmt: skip
     w = pitr_world
     cfg = w.clone(tmp_path / "w")
-    name = _between_bases(w)[0]
+    name = w.between_bases()[0]
     binlog = tmp_path / "w" / "store" / JOB / "binlog"
     (binlog / name).unlink()
     (binlog / (name.split(".")[0] + ".json")).unlink()
@@ -69,7 +56,7 @@ def test_the_chain_drill_refuses_an_altered_segment(pitr_world: World, capsys: p
                                                     tmp_path: Path) -> None:  # fmt: skip
     w = pitr_world
     cfg = w.clone(tmp_path / "w")
-    name = _between_bases(w)[-1]
+    name = w.between_bases()[-1]
     path = tmp_path / "w" / "store" / JOB / "binlog" / name
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x40

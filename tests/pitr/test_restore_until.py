@@ -112,11 +112,10 @@ def test_an_altered_segment_is_refused(pitr_world: World, capsys: pytest.Capture
 def test_a_hole_in_the_chain_is_refused(pitr_world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     w = pitr_world
     cfg = w.clone(tmp_path / "w")
-    segs = w.segments()
     # a segment between the first base and the second: the second base still restores, the first cannot
-    gone = next(s for s in segs if s.first_time.timestamp() >= w.base_seconds[0] + 1)
-    (tmp_path / "w" / "store" / JOB / "binlog" / gone.path.name).unlink()
-    (tmp_path / "w" / "store" / JOB / "binlog" / gone.manifest_path.name).unlink()
+    gone = w.between_bases()[0]
+    (tmp_path / "w" / "store" / JOB / "binlog" / gone).unlink()
+    (tmp_path / "w" / "store" / JOB / "binlog" / (gone.split(".")[0] + ".json")).unlink()
     before_second = [s for s in sorted(w.snapshots) if w.base_seconds[0] <= s < w.base_seconds[1]][-1]
     rc, _, err = restore(capsys, cfg, w, second(before_second), w.to("shop"), "--database", "shop")
     assert rc != 0 and "is broken after segment" in err and "a segment is missing" in err
