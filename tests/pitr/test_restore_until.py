@@ -132,3 +132,61 @@ def test_the_target_needs_binlog_replay(pitr_world: World, capsys: pytest.Captur
                          "--to", to, "--password-file", str(pw), "--database", "shop")
     assert rc != 0 and "lacks the BINLOG REPLAY privilege" in err
     assert w.target.execute("SHOW DATABASES LIKE 'shop_lim'") == [], "refused before anything was written"
+
+
+def test_a_segment_whose_events_fail_their_crc_is_refused(pitr_world: World, capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """The hash matches (a stream that committed bad bytes): the CRC32 of every event still refuses it."""
+    import hashlib
+
+    import zstandard
+
+    w = pitr_world
+    cfg = w.clone(tmp_path / "w")
+    seg = w.segments()[-2]
+    path = tmp_path / "w" / "store" / JOB / "binlog" / seg.path.name
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(path.read_bytes()))
+    raw[-10] ^= 0x01  # inside the last event, before its CRC
+    stored = zstandard.ZstdCompressor().compress(bytes(raw))
+    path.write_bytes(stored)
+    man_path = path.parent / seg.manifest_path.name
+    man = json.loads(man_path.read_text())
+    man.update(bytes=len(stored), sha256=hashlib.sha256(stored).hexdigest())
+    man_path.write_text(json.dumps(man))
+    rc, _, err = restore(capsys, cfg, w, second(sorted(w.snapshots)[-1]), w.to("shop"), "--database", "shop")
+    assert rc != 0 and f"segment {seg.seq:08d}" in err and "CRC32 mismatch" in err
+
+
+def test_beside_the_live_database_on_its_own_server(pitr_world: World, capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    """The job's own server writes a binlog: a user without BINLOG ADMIN is refused; root replays with
+    sql_log_bin=0, so the old transactions' GTIDs never enter the live binlog again."""
+    from backupd.formats.binlog import BinlogChecker
+    from backupd.lab.content import write_secret
+    from tests.pitr.server_segments import closed_binlogs
+
+    w = pitr_world
+    src = w.source
+    src.create_user("replayer", "replayer-pw", "BINLOG REPLAY")
+    src.execute("GRANT ALL ON `shop_beside`.* TO 'replayer'@'%'")
+    s = sorted(w.snapshots)[-1]
+    pw = write_secret(tmp_path / "replayer.pw", "replayer-pw")
+    rc, _, err = run_cli(capsys, "--config", str(w.config), "restore", JOB, "--until", second(s), "--to",
+                         f"mysql://replayer@{src.host}:{src.port}/shop_beside", "--password-file", str(pw),
+                         "--database", "shop")
+    assert rc != 0 and "writes a binlog" in err and "BINLOG ADMIN" in err
+    src.execute("FLUSH BINARY LOGS")
+    before = len(closed_binlogs(src))
+    root_pw = write_secret(tmp_path / "root.pw", src.root_password)
+    rc, _, err = run_cli(capsys, "--config", str(w.config), "restore", JOB, "--until", second(s), "--to",
+                         f"mysql://root@{src.host}:{src.port}/shop_beside", "--password-file", str(root_pw),
+                         "--database", "shop")
+    assert rc == 0, err
+    assert rows(src, "shop_beside") == w.snapshots[s]
+    assert rows(src, "shop") != w.snapshots[s], "the live database is untouched"
+    src.execute("FLUSH BINARY LOGS")
+    for path in closed_binlogs(src)[before - 1:]:
+        check = BinlogChecker()
+        check.feed(path.read_bytes())
+        result = check.finish()
+        assert result.ok, result.errors  # GTIDs still increase: nothing old was logged again
