@@ -119,7 +119,7 @@ def _pitr_drill_job(config: Config, name: str, catalog: Catalog, identity: str |
     """Base N rolled forward to base N+1 and compared with N+1's stats, then a random instant of the window;
     recorded against N+1 (the backup the comparison proves reachable)."""
     from backupd.actions.pitr import pitr_source
-    from backupd.store.pitr import bases
+    from backupd.store.pitr import bases, reading_segments
     from backupd.store.segments import SegmentStore
 
     job = config.job(name)
@@ -133,8 +133,12 @@ def _pitr_drill_job(config: Config, name: str, catalog: Catalog, identity: str |
         catalog.finish_drill(drill_id, "failed", [], None, report.error)
         return report
     segments = SegmentStore(config.store_root, name)
-    return _execute(config, name, catalog, drill_id, newest, identity,
-                    lambda ctx: source.pitr_drill(job, backups, segments, ctx), pitr=True)
+
+    def body(ctx: DrillContext) -> DrillResult:
+        ctx.stack.enter_context(reading_segments(segments))  # a prune meanwhile leaves them for next time
+        return source.pitr_drill(job, backups, segments, ctx)
+
+    return _execute(config, name, catalog, drill_id, newest, identity, body, pitr=True)
 
 
 def _execute(config: Config, name: str, catalog: Catalog, drill_id: int, backup: StoredBackup,

@@ -13,7 +13,7 @@ from backupd.settings import Config, JobBase
 from backupd.sources import source_for
 from backupd.sources.base import PointInTime, Progress, Restored, RestoreRequest, no_progress
 from backupd.store.backups import Store, StoredBackup, reading
-from backupd.store.pitr import parse_until, pick_database, plan_restore
+from backupd.store.pitr import parse_until, pick_database, plan_restore, reading_segments
 from backupd.store.segments import SegmentStore
 
 
@@ -39,5 +39,5 @@ def restore_until(
     base = plan_restore(backups, segments.segments(), until, pick_database(backups, req.option("database"))).base
     keys = load_keys(config, req.job, req.identity, "restore")
     require_unlock(base.backup, keys, "restore")
-    with reading(base.backup), unlocking(keys.identities):
+    with reading(base.backup), reading_segments(segments), unlocking(keys.identities):
         return base.backup, source.restore_until(job, backups, segments, req, progress)

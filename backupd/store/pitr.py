@@ -15,15 +15,20 @@ including it).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import itertools
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backupd.errors import BackupdError, UsageError
 from backupd.store.backups import StoredBackup
-from backupd.store.segments import BinlogPos, Segment, chains, parse_time
+from backupd.store.segments import BinlogPos, Segment, SegmentStore, chains, parse_time
 
 _GTID_RE = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 _POS_RE = re.compile(r"^(?P<file>[^:\s]+\.\d+):(?P<pos>\d+)$")
@@ -306,3 +311,50 @@ def window_keep(
     keep = {b.backup.backup_id for b in all_bases if b.taken >= anchor.taken}
     prune = [s for s in segs if not s.manifest.get("unreadable") and s.end <= anchor.pos]
     return keep, prune, anchor
+
+
+# ------------------------------------------------------------------ restores and prune, side by side
+
+_NO_LOCKS = (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # filesystems without flock
+
+
+@contextmanager
+def reading_segments(segments: SegmentStore) -> Iterator[None]:
+    """A shared lock on the segment directory while a restore or drill reads segments: a prune meanwhile
+    leaves them for next time (`pruning_segments`) instead of deleting one mid-replay."""
+    try:
+        fd = os.open(segments.dir, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def pruning_segments(segments: SegmentStore) -> Iterator[bool]:
+    """The exclusive side: yields False (prune nothing now) while a restore or drill holds the directory."""
+    try:
+        fd = os.open(segments.dir, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+        yield True
+    finally:
+        os.close(fd)

@@ -22,7 +22,7 @@ from backupd.settings import Config, KeepCfg
 from backupd.store.backups import MANIFEST, Store, StoredBackup, read_verdict
 from backupd.store.catalog import Catalog
 from backupd.store.locks import job_lock
-from backupd.store.pitr import Base, iso, window_keep
+from backupd.store.pitr import Base, iso, pruning_segments, window_keep
 from backupd.store.retention import Backup, Decision, Policy, plan
 from backupd.store.s3 import Bucket, S3Error, error_text
 from backupd.store.segments import Segment, SegmentStore
@@ -152,21 +152,26 @@ def prune_segments(
         return []
     gone = {s.seq for s in prune}
     rows = []
-    for seg in segments.segments():
-        if seg.seq not in gone:
-            continue
-        why = f"ends at {seg.end}, before {anchor.pos} where base {anchor.backup.backup_id} starts the window"
-        row = PruneRow(job, f"segment {seg.seq:08d}", "binlog", False, [why])
-        rows.append(row)
-        if dry_run:
-            continue
-        try:
-            segments.delete(seg)
-        except OSError as exc:
-            row.error = f"{exc.strerror or exc} ({seg.path})"
-            continue
-        row.done = True
-        events.event("pruned", job=job, step="prune", segment=seg.seq, where="binlog")
+    with pruning_segments(segments) as free:
+        for seg in segments.segments():
+            if seg.seq not in gone:
+                continue
+            why = f"ends at {seg.end}, before {anchor.pos} where base {anchor.backup.backup_id} starts the window"
+            if not free and not dry_run:
+                rows.append(PruneRow(job, f"segment {seg.seq:08d}", "binlog", True,
+                                     [why, "in use by a restore or drill: pruned next time"]))
+                continue
+            row = PruneRow(job, f"segment {seg.seq:08d}", "binlog", False, [why])
+            rows.append(row)
+            if dry_run:
+                continue
+            try:
+                segments.delete(seg)
+            except OSError as exc:
+                row.error = f"{exc.strerror or exc} ({seg.path})"
+                continue
+            row.done = True
+            events.event("pruned", job=job, step="prune", segment=seg.seq, where="binlog")
     return rows
 
 

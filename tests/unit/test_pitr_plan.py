@@ -115,3 +115,15 @@ def test_window_keep(tmp_path: Path) -> None:
     assert anchor is not None and anchor.backup.backup_id == "B2" and keep == {"B2"}
     assert [s.seq for s in prune] == [1, 2]  # segment 3 holds B2's position: kept
     assert json.dumps(sorted(keep))
+
+
+def test_a_restore_holding_the_segments_defers_their_prune(tmp_path: Path) -> None:
+    from backupd.store.pitr import pruning_segments, reading_segments
+    from backupd.store.segments import SegmentStore
+
+    store = SegmentStore(tmp_path, "j")
+    store.ensure()
+    with reading_segments(store), pruning_segments(store) as free:
+        assert free is False
+    with pruning_segments(store) as free:
+        assert free is True
