@@ -117,7 +117,7 @@ class Base:
     backup: StoredBackup
     pos: BinlogPos  # the oldest of the considered artifacts' positions: replay starts here
     gtid: dict[int, int]
-    taken: datetime  # the backup's finished_at: every snapshot in it is older
+    taken: datetime  # a second after the backup's finished_at: every snapshot in it is older
     positions: dict[str, BinlogPos]  # database -> its own snapshot position
 
 
@@ -138,7 +138,10 @@ def base_of(backup: StoredBackup, database: str | None = None) -> Base | None:
         return None
     first = min(positions, key=lambda n: positions[n].key)
     finished = backup.manifest.get("finished_at")
-    taken = parse_time(finished) if finished else datetime.fromtimestamp(backup.path.stat().st_mtime, UTC)
+    # finished_at is written to the second, rounded down: the next second is the first one surely after it
+    taken = (parse_time(finished) if finished else datetime.fromtimestamp(backup.path.stat().st_mtime, UTC)).replace(
+        microsecond=0
+    ) + timedelta(seconds=1)
     return Base(backup, positions[first], gtids[first], taken, positions)
 
 

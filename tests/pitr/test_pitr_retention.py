@@ -94,7 +94,9 @@ def test_status_and_metrics_show_the_window(pitr_world: World, capsys: pytest.Ca
     cfg = w.clone(tmp_path / "w")
     _, out, _ = run_cli(capsys, "--config", str(cfg), "status", "--json")
     (st,) = json.loads(out)
-    first = json.loads((tmp_path / "w" / "store" / JOB / w.bases[0] / "manifest.json").read_text())["finished_at"]
+    finished = json.loads((tmp_path / "w" / "store" / JOB / w.bases[0] / "manifest.json").read_text())["finished_at"]
+    start_at = datetime.fromisoformat(finished.replace("Z", "+00:00")) + timedelta(seconds=1)
+    first = start_at.strftime("%Y-%m-%dT%H:%M:%SZ")  # the second after the base finished
     assert st["pitr_window_start"] == first and st["pitr_window_seconds"] == 3600
     assert st["pitr_window_end"] == w.segments()[-1].manifest["last_event_time"]
     _, text_out, _ = run_cli(capsys, "--config", str(cfg), "status")

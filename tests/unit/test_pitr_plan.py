@@ -92,7 +92,7 @@ def test_plan_picks_the_newest_base_and_the_segments_from_its_position(tmp_path:
     plan = plan_restore(backups, segs, parse_until("bin.000001:350"), "shop")
     assert plan.base.backup.backup_id == "B1" and [s.seq for s in plan.segments] == [2, 3]
     w = window(backups, segs)
-    assert (w.start, w.end) == (T0 + timedelta(minutes=1), T0 + timedelta(minutes=9))
+    assert (w.start, w.end) == (T0 + timedelta(minutes=1, seconds=1), T0 + timedelta(minutes=9))
 
 
 def test_plan_refusals(tmp_path: Path) -> None:
