@@ -319,7 +319,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify_s3(config: Any, jobs: list[str], as_json: bool) -> int:
     """`verify --s3`: re-check every copy in the bucket, re-ship pending/failed ones; exit 1 if any is bad."""
-    from backupd.store.s3 import verify_copies
+    from backupd.store.s3_sync import verify_copies
 
     if not config.settings.s3.enabled:
         raise UsageError("verify --s3: s3 is not enabled in the configuration ([s3] enabled = true)")
@@ -362,11 +362,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
             ["JOB", "BACKUP", "WHERE", "ACTION", "WHY"],
             [[r.job, r.backup_id, r.where, r.action, ", ".join(r.reasons)] for r in rows],
         )
-        n = sum(1 for r in rows if not r.keep)
+        n = sum(1 for r in rows if not r.keep and not r.locked_until and not r.warning)
         verb = "would delete" if args.dry_run else "deleted"
-        print(f"{verb} {n} of {len(rows)}" + (" (dry run: nothing was deleted)" if args.dry_run else ""))
+        locked = sum(1 for r in rows if r.locked_until)
+        print(f"{verb} {n} of {len(rows)}" + (f", {locked} S3 copies locked (deleted once their lock expires)"
+                                               if locked else "")
+              + (" (dry run: nothing was deleted)" if args.dry_run else ""))
     else:
         print("no backups")
+    for r in rows:
+        if r.warning:
+            print(f"backupd: warning: job {r.job}: prune {r.where} {r.backup_id}: {r.warning}", file=sys.stderr)
     for e in errors:
         print(f"backupd: {e}", file=sys.stderr)
     return EXIT_FAILED if errors else EXIT_OK
@@ -470,6 +476,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for w in identity_warnings(config):
             print(f"backupd: warning: {w}", file=sys.stderr)
         failed = 0
+        if config.settings.s3.enabled:
+            from backupd.actions.check import check_s3
+
+            try:
+                print(check_s3(config))
+            except BackupdError as exc:
+                failed += 1
+                print(f"backupd: {exc}", file=sys.stderr)
         for name in sorted(config.jobs):
             try:
                 detail = check_job(config, name)
@@ -501,7 +515,7 @@ def _rebuild_catalog(args: argparse.Namespace, config: Any) -> int:
     from backupd.store.backups import Store
 
     if getattr(args, "from_s3", False):
-        from backupd.store.s3 import rebuild_from_s3
+        from backupd.store.s3_sync import rebuild_from_s3
 
         if not config.settings.s3.enabled:
             raise UsageError("catalog rebuild --from-s3: s3 is not enabled in the configuration")

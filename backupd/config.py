@@ -310,7 +310,7 @@ def load_config(path: Path) -> Config:
     elif "retention_file" in user:
         raise ConfigError(path, "retention_file", f"file {settings.retention_file} does not exist")
 
-    return Config(
+    config = Config(
         path=path,
         settings=settings,
         jobs=jobs,
@@ -320,6 +320,11 @@ def load_config(path: Path) -> Config:
         warnings=warnings,
         pitr_windows=_pitr_windows(jobs),
     )
+    from backupd.store.s3_lock import retention_warnings
+
+    where = retention_path or path
+    warnings.extend(f"config {where}: {w}" for w in retention_warnings(config))
+    return config
 
 
 def _pitr_windows(jobs: dict[str, JobBase]) -> dict[str, float]:

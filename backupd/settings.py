@@ -88,11 +88,17 @@ class S3Cfg(Strict):
     # each scheduled verify also downloads and re-hashes this share of the copies' bytes, least recently read
     # first (0: metadata and checksums only)
     verify_read_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    # S3 Object Lock: every object is uploaded locked in this mode until object_lock_days after its upload
+    # (docs/s3-object-lock.md); the bucket must have Object Lock enabled
+    object_lock: Literal["compliance", "governance", "none"] = "none"
+    object_lock_days: int = 30
 
     @model_validator(mode="after")
     def _complete(self) -> S3Cfg:
         if self.enabled and not self.bucket:
             raise ValueError("bucket is required when enabled = true")
+        if self.object_lock != "none" and not 1 <= self.object_lock_days <= 36500:
+            raise ValueError(f"object_lock_days must be 1..36500 when object_lock = {self.object_lock!r}")
         if self.sse == "aws:kms" and not self.kms_key_id:
             raise ValueError("kms_key_id is required when sse = 'aws:kms'")
         return self

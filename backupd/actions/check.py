@@ -7,6 +7,7 @@ from backupd.engine.crypto import fingerprint
 from backupd.errors import BackupdError
 from backupd.settings import Config
 from backupd.sources import source_for
+from backupd.store.s3 import Bucket, S3Error, error_text
 
 
 def check_job(config: Config, name: str) -> str:
@@ -37,3 +38,17 @@ def identity_warnings(config: Config) -> list[str]:
                 f" ({', '.join(sorted(wanted))}): restores and drills of its new backups need another key"
             )
     return out
+
+
+def check_s3(config: Config) -> str:
+    """The bucket is reachable and, with `object_lock` set, has Object Lock enabled; raises S3Error."""
+    cfg = config.settings.s3
+    bucket = Bucket(cfg)
+    try:
+        bucket.client.head_bucket(Bucket=bucket.name)
+    except Exception as exc:
+        raise S3Error(f"bucket {bucket.name}: {error_text(exc)}") from None
+    if cfg.object_lock == "none":
+        return f"s3: bucket {bucket.name} reachable"
+    bucket.require_object_lock()
+    return f"s3: bucket {bucket.name} reachable, Object Lock enabled ({cfg.object_lock}, {cfg.object_lock_days} days)"

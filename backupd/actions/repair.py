@@ -45,10 +45,10 @@ def repair(config: Config, catalog: Catalog, backup: StoredBackup) -> list[str]:
             return [*done, f"{label}: local copy verified again: ok"]
         if local.ok and remote is not None:
             try:
-                sums = copy_backup(verifier.bucket, backup)
+                copied = copy_backup(verifier.bucket, backup)
             except S3Error as exc:
                 raise StepError("repair", f"{label}: re-upload failed: {exc.reason}") from None
-            catalog.set_s3_copied(backup.job, backup.backup_id, sums)
+            catalog.set_s3_copied(backup.job, backup.backup_id, copied.checksums, copied.record())
             again = verifier.s3_read(backup)
             if not again.ok:
                 raise StepError("repair", f"{label}: the re-uploaded copy does not read back: {again.problems[0]}")
@@ -60,6 +60,7 @@ def repair(config: Config, catalog: Catalog, backup: StoredBackup) -> list[str]:
 def _restore_local(verifier: Verifier, backup: StoredBackup, problems: list[str]) -> list[str]:
     """Download each artifact whose local file is bad, check it, fsync it and rename it over the bad one."""
     bad = {p.split(":", 1)[0] for p in problems}
+    versions = verifier.versions(backup)
     done = []
     for art in backup.manifest.get("artifacts", []):
         if art["file"] not in bad:
@@ -68,7 +69,7 @@ def _restore_local(verifier: Verifier, backup: StoredBackup, problems: list[str]
         final = backup.path / art["file"]
         tmp = backup.path / f".repair-{art['file']}"
         try:
-            size, digest = _download(verifier, key, tmp)
+            size, digest = _download(verifier, key, versions.get(art["file"]), tmp)
             if size != int(art["bytes"]) or digest != art["sha256"]:
                 raise StepError("repair", f"{art['file']}: the S3 object changed since it was read")
             os.replace(tmp, final)
@@ -79,9 +80,10 @@ def _restore_local(verifier: Verifier, backup: StoredBackup, problems: list[str]
     return done
 
 
-def _download(verifier: Verifier, key: str, path: Path) -> tuple[int, str]:
+def _download(verifier: Verifier, key: str, version_id: str | None, path: Path) -> tuple[int, str]:
+    """Stream the recorded version of an object to `path` (0600, fsynced); its size and sha256."""
     try:
-        body = verifier.bucket.client.get_object(Bucket=verifier.bucket.name, Key=key)["Body"]
+        body = verifier.bucket.body(key, version_id)
         digest = hashlib.sha256()
         size = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)

@@ -33,7 +33,7 @@ from backupd.store.backups import Store, StoredBackup
 from backupd.store.catalog import Catalog
 from backupd.store.locks import job_lock
 from backupd.store.prune import prune_hook, s3_prune_hook
-from backupd.store.s3 import copy_hook
+from backupd.store.s3_sync import copy_hook
 
 
 @dataclass

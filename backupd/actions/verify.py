@@ -23,7 +23,7 @@ from backupd.settings import Config
 from backupd.store.backups import MANIFEST, BrokenBackup, Store, StoredBackup, reading
 from backupd.store.catalog import Catalog, now_iso
 from backupd.store.locks import job_running
-from backupd.store.s3 import Bucket, error_text
+from backupd.store.s3 import Bucket, copy_record, error_text
 from backupd.store.verify import backup_level, verify_backup
 
 
@@ -105,10 +105,11 @@ class Verifier:
     def s3_read(self, backup: StoredBackup) -> Verified:
         """Download every object of the backup's S3 copy and re-hash it against the manifest."""
         problems: list[str] = []
+        versions = self.versions(backup)
         for art in backup.manifest.get("artifacts", []):
             key = self.bucket.key(backup.job, backup.backup_id, art["file"])
             try:
-                size, digest = self.bucket.read_digest(key)
+                size, digest = self.bucket.read_digest(key, versions.get(art["file"]))
             except Exception as exc:  # a missing object, or the bucket unreachable: one line
                 problems.append(f"{art['file']}: {error_text(exc)}")
                 continue
@@ -124,6 +125,13 @@ class Verifier:
         self.mirror(backup)
         arts = [{"artifact": p.split(":", 1)[0], "ok": False, "problems": [p.split(": ", 1)[-1]]} for p in problems]
         return Verified(backup.job, backup.backup_id, ok, copy="s3", level="read", artifacts=arts)
+
+    def versions(self, backup: StoredBackup) -> dict[str, str]:
+        """The VersionId of each object of the backup's copy (recorded at upload): what reads must name, so a
+        later PUT under the same key never stands in for the backup. Empty on an unversioned bucket."""
+        row = self.catalog.backup(backup.job, backup.backup_id)
+        record = copy_record(row["s3_copy"] if row is not None else None, backup.verdict)
+        return dict(record.get("versions") or {})
 
     def mirror(self, backup: StoredBackup) -> None:
         """Put the verdict beside the backup's S3 copy, so a rebuild from the bucket keeps it; a failure is a

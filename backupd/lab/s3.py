@@ -46,8 +46,12 @@ class MotoS3(ScratchServer):
             config=Config(s3={"addressing_style": "path"}),
         )
 
-    def create_bucket(self, name: str) -> None:
-        self.client().create_bucket(Bucket=name)
+    def create_bucket(self, name: str, object_lock: bool = False) -> None:
+        """A bucket; with `object_lock`, created with Object Lock enabled (and so versioned)."""
+        if object_lock:
+            self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+        else:
+            self.client().create_bucket(Bucket=name)
 
     def _prepare(self) -> None:
         if importlib.util.find_spec("moto") is None:

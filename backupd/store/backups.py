@@ -189,6 +189,18 @@ class Store:
         backup.verdict = verdict
         return verdict
 
+    def record_s3_copy(self, backup: StoredBackup, copy: dict[str, Any]) -> None:
+        """Keep a new S3 copy's record (its objects' VersionIds, its Object Lock) in the backup's "s3"
+        verification entry, atomically. A verdict already there stays (a copy found bad and shipped again
+        is "ok" only once read back), a first copy counts as checked by its HEADs."""
+        first = {"ok": True, "level": "head", "at": _now(), "problems": []}
+        verdict = {**backup.verdict, "s3": {**backup.verdict.get("s3", first), **copy}}
+        tmp = backup.path / f".{VERDICT}.tmp"
+        write_private_file(tmp, json.dumps(verdict, indent=2, sort_keys=True).encode() + b"\n")
+        os.replace(tmp, backup.path / VERDICT)
+        fsync_dir(backup.path)
+        backup.verdict = verdict
+
     def _backup_dirs(self, job: str) -> Iterator[Path]:
         d = self.job_dir(job)
         if not d.is_dir():

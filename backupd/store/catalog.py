@@ -147,6 +147,8 @@ class Catalog:
         have = {r["name"] for r in self.db.execute("PRAGMA table_info(backups)")}
         if "s3_checksums" not in have:  # JSON {file: checksum S3 reported when the copy was checked}
             self.db.execute("ALTER TABLE backups ADD COLUMN s3_checksums TEXT")
+        if "s3_copy" not in have:  # JSON {"versions": {file: VersionId}, "lock": {"mode", "until"} | null}
+            self.db.execute("ALTER TABLE backups ADD COLUMN s3_copy TEXT")
         if "notes" not in {r["name"] for r in self.db.execute("PRAGMA table_info(drills)")}:
             self.db.execute("ALTER TABLE drills ADD COLUMN notes TEXT")
 
@@ -215,9 +217,9 @@ class Catalog:
         with self.tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO backups (job, backup_id, started_at, finished_at, path, bytes,"
-                " raw_bytes, verified, verified_at, s3_state, manifest)"
+                " raw_bytes, verified, verified_at, s3_state, manifest, s3_copy)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE((SELECT s3_state FROM backups WHERE job=? AND"
-                " backup_id=?), ?), ?)",
+                " backup_id=?), ?), ?, COALESCE(?, (SELECT s3_copy FROM backups WHERE job=? AND backup_id=?)))",
                 (
                     backup.job,
                     backup.backup_id,
@@ -232,6 +234,9 @@ class Catalog:
                     backup.backup_id,
                     s3_state,
                     json.dumps(m, sort_keys=True),
+                    _copy_of(backup.verdict),
+                    backup.job,
+                    backup.backup_id,
                 ),
             )
             db.execute("DELETE FROM artifacts WHERE job=? AND backup_id=?", (backup.job, backup.backup_id))
@@ -281,12 +286,16 @@ class Catalog:
             (state, now_iso(), error, job, backup_id),
         )
 
-    def set_s3_copied(self, job: str, backup_id: str, checksums: dict[str, str]) -> None:
-        """The copy was uploaded and checked: remember what S3 reported, to re-check it later."""
+    def set_s3_copied(
+        self, job: str, backup_id: str, checksums: dict[str, str], copy: dict[str, Any] | None = None
+    ) -> None:
+        """The copy was uploaded and checked: remember what S3 reported and, from a versioned bucket, the
+        VersionId of each object and its Object Lock (`copy`), to read and re-check those versions later."""
         self.db.execute(
-            "UPDATE backups SET s3_state='copied', s3_checked_at=?, s3_error=NULL, s3_checksums=?"
-            " WHERE job=? AND backup_id=?",
-            (now_iso(), json.dumps(checksums, sort_keys=True), job, backup_id),
+            "UPDATE backups SET s3_state='copied', s3_checked_at=?, s3_error=NULL, s3_checksums=?,"
+            " s3_copy=COALESCE(?, s3_copy) WHERE job=? AND backup_id=?",
+            (now_iso(), json.dumps(checksums, sort_keys=True), json.dumps(copy, sort_keys=True) if copy else None,
+             job, backup_id),
         )
 
     def retention_rows(self, job: str) -> dict[str, tuple[bool, str]]:
@@ -465,8 +474,8 @@ class Catalog:
             (r["job"], r["backup_id"]): r["s3_state"] for r in self.db.execute("SELECT * FROM backups")
         }
         keep_sums = {
-            (r["job"], r["backup_id"]): r["s3_checksums"]
-            for r in self.db.execute("SELECT job, backup_id, s3_checksums FROM backups")
+            (r["job"], r["backup_id"]): (r["s3_checksums"], r["s3_copy"])
+            for r in self.db.execute("SELECT job, backup_id, s3_checksums, s3_copy FROM backups")
         }
         with self.tx() as db:
             db.execute("DELETE FROM artifacts")
@@ -475,10 +484,21 @@ class Catalog:
         for job in store.jobs():
             for b in store.backups(job):
                 self.record_backup(b, s3_state=keep_s3.get((job, b.backup_id), "none"))
-                if keep_sums.get((job, b.backup_id)):
+                sums, copy = keep_sums.get((job, b.backup_id), (None, None))
+                if sums or copy:  # the store's record of the copy (read by record_backup) comes first
                     self.db.execute(
-                        "UPDATE backups SET s3_checksums=? WHERE job=? AND backup_id=?",
-                        (keep_sums[(job, b.backup_id)], job, b.backup_id),
+                        "UPDATE backups SET s3_checksums=COALESCE(?, s3_checksums), s3_copy=COALESCE(s3_copy, ?)"
+                        " WHERE job=? AND backup_id=?",
+                        (sums, copy, job, b.backup_id),
                     )
                 n += 1
         return n
+
+
+def _copy_of(verdict: dict[str, Any]) -> str | None:
+    """The S3 copy's record kept in a backup's verification record (the store's truth), as the catalog's
+    JSON; None when the store holds none (then the catalog keeps what it had)."""
+    s3 = verdict.get("s3") if isinstance(verdict, dict) else None
+    if not isinstance(s3, dict) or not s3.get("versions"):
+        return None
+    return json.dumps({"versions": s3["versions"], "lock": s3.get("lock")}, sort_keys=True)

@@ -22,9 +22,11 @@ from backupd.settings import Config, KeepCfg
 from backupd.store.backups import MANIFEST, Store, StoredBackup, read_verdict
 from backupd.store.catalog import Catalog
 from backupd.store.locks import job_lock
-from backupd.store.pitr import Base, iso, pruning_segments, window_keep
+from backupd.store.pitr import Base, pruning_segments, window_keep
+from backupd.store.pitr import iso as utc_second
 from backupd.store.retention import Backup, Decision, Policy, plan
 from backupd.store.s3 import Bucket, S3Error, error_text
+from backupd.store.s3_lock import iso
 from backupd.store.segments import Segment, SegmentStore
 
 MISSING = "missing from the store (earlier prune interrupted)"
@@ -54,6 +56,8 @@ class PruneRow:
     reasons: list[str]
     done: bool = False  # deleted for real (False on --dry-run and for kept backups)
     error: str | None = None
+    locked_until: str | None = None  # an S3 copy whose Object Lock has not expired: deleted after this time
+    warning: str | None = None  # S3 refused the deletion (AccessDenied): kept, tried again by the next prune
 
     @property
     def action(self) -> str:
@@ -61,6 +65,10 @@ class PruneRow:
             return "keep"
         if self.error:
             return "FAILED"
+        if self.locked_until:
+            return "locked"
+        if self.warning:
+            return "refused"
         return "deleted" if self.done else "delete"
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +132,7 @@ def local_decisions(
     kept, _, anchor = _window_plan(store, job, window, now)
     if anchor is None:
         return decisions
-    reason = f"pitr window {_span(window)}: base of instants since {iso(anchor.taken)}"
+    reason = f"pitr window {_span(window)}: base of instants since {utc_second(anchor.taken)}"
     return [Decision(d.backup_id, True, (*d.reasons, reason) if d.keep else (reason,)) if d.backup_id in kept else d
             for d in decisions]
 
@@ -239,7 +247,12 @@ def prune_s3(
     now: datetime | None = None,
     bucket: Any = None,
 ) -> list[PruneRow]:
-    """S3 retention over the bucket's listing (not just what the catalog believes)."""
+    """S3 retention over the bucket's listing (not just what the catalog believes).
+
+    Under Object Lock a copy to delete whose lock (on any version of its objects) runs past `now` is not
+    touched: its row says until when, and the first prune after that date deletes it, every version by its
+    VersionId. A deletion S3 refuses anyway (AccessDenied) is a warning on the row, never a failure."""
+    now = now or datetime.now(UTC)
     bucket = bucket or Bucket(config.settings.s3)
     try:
         remote = bucket.list_backups(job)
@@ -249,13 +262,25 @@ def prune_s3(
     for d in s3_decisions(config, catalog, job, remote, now):
         row = PruneRow(job, d.backup_id, "s3", d.keep, list(d.reasons))
         rows.append(row)
-        if d.keep or dry_run:
+        if d.keep:
             continue
         try:
-            bucket.delete_backup(remote[(job, d.backup_id)])
+            if config.settings.s3.object_lock != "none":
+                until = bucket.locked_until(remote[(job, d.backup_id)], now)
+                if until is not None:
+                    row.locked_until = iso(until)
+                    row.reasons.append(f"locked until {row.locked_until}: deleted by the first prune after it")
+                    continue
+            if dry_run:
+                continue
+            refused = bucket.delete_backup(remote[(job, d.backup_id)])
         except Exception as exc:
             row.error = error_text(exc) if not isinstance(exc, BackupdError) else str(exc)
             events.event("warning", job=job, step="s3-prune", backup_id=d.backup_id, error=row.error)
+            continue
+        if refused:
+            row.warning = f"{refused[0]}" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else "")
+            events.event("warning", job=job, step="s3-prune", backup_id=d.backup_id, error=row.warning)
             continue
         catalog.set_s3_state(job, d.backup_id, "pruned")
         row.done = True

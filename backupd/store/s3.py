@@ -1,122 +1,66 @@
-"""Copies of committed backups in S3: upload, check, list, prune there, and rebuild the catalog from them.
+"""Copies of committed backups in S3: the bucket, uploading and checking one backup's copy.
 
 Layout: `{prefix}{job}/{backup_id}/{file}` for each artifact, then `manifest.json` last. The manifest is
 uploaded only once every artifact was checked, so a backup in the bucket is complete exactly when its
 manifest is there; a crash mid-copy leaves objects without a manifest, which the next copy overwrites.
 
 Checking a copy never trusts the upload call: HEAD each object and compare its size, our sha256 (object
-metadata `x-amz-meta-sha256`) and the SHA256 checksum S3 computed itself. For a multipart object S3 reports
-a checksum of the part checksums, so we compute the same from the local file with the same part size.
+metadata `x-amz-meta-sha256`), the SHA256 checksum S3 computed itself and, under Object Lock, the lock's
+mode and retain-until date. For a multipart object S3 reports a checksum of the part checksums, so we
+compute the same from the local file with the same part size.
+
+On a versioned bucket (Object Lock needs one) each upload's VersionId is recorded: in the catalog and in
+the backup's verification record, locally and beside the copy, so a rebuild keeps it. Reads and checks
+name that version, so a later PUT under the same key never stands in for the backup (s3_lock.py).
+The catalog-facing operations (ship, verify --s3, rebuild from the bucket) are in s3_sync.py.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backupd.errors import BackupdError, LockedError, StepError
-from backupd.logs import EventLog
-from backupd.settings import Config, S3Cfg
-from backupd.store.backups import MANIFEST, VERDICT, Store, StoredBackup, is_backup_id, reading
-from backupd.store.catalog import Catalog
-from backupd.store.locks import job_lock
+from backupd.settings import S3Cfg
+from backupd.store.backups import MANIFEST, VERDICT, Store, StoredBackup, is_backup_id
+from backupd.store.s3_base import (
+    MAX_PARTS,
+    MIN_PART,
+    READ_BLOCK,
+    S3Error,
+    b64_sha256_of_hex,
+    error_text,
+    file_checksum,
+    part_size,
+    same_checksum,
+)
+from backupd.store.s3_lock import (
+    Clock,
+    Lock,
+    ObjVersion,
+    SystemClock,
+    delete_versions,
+    list_versions,
+    lock_problems,
+    locked_until,
+    new_lock,
+    read_locks,
+    require_lock_enabled,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-MiB = 1024 * 1024
-MIN_PART = 8 * MiB  # also the multipart threshold: smaller files go up in one PUT
-MAX_PARTS = 10_000
-TARGET_PARTS = 9_000  # headroom under S3's 10,000-part limit
-READ_BLOCK = 4 * MiB
+__all__ = [
+    "MAX_PARTS", "MIN_PART", "READ_BLOCK", "Bucket", "Copied", "RemoteBackup", "S3Error", "check_copy",
+    "copy_backup", "copy_record", "error_text", "file_checksum", "part_size",
+]  # fmt: skip
 
-
-class S3Error(StepError):
-    """An S3 operation failed; one line naming the step, job and what S3 (or the network) said."""
-
-    def __init__(self, message: str, *, job: str | None = None) -> None:
-        super().__init__("s3", message, job=job)
-
-
-# ------------------------------------------------------------------ pure helpers
-
-
-def part_size(size: int) -> int:
-    """Part size for a file: at least 8 MiB, whole MiB, and few enough parts (< 10,000) for any size."""
-    need = -(-size // TARGET_PARTS)
-    return max(MIN_PART, -(-need // MiB) * MiB)
-
-
-def b64_sha256_of_hex(hex_digest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
-
-
-def file_checksum(path: Path, size: int, sha256_hex: str | None = None) -> str:
-    """The SHA256 checksum S3 reports for `path` uploaded with our part size (multipart: checksum of parts).
-
-    A single-part object's checksum is the file's sha256, so a known digest saves reading the file.
-    """
-    ps = part_size(size)
-    if size < MIN_PART:
-        if sha256_hex:
-            return b64_sha256_of_hex(sha256_hex)
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(READ_BLOCK), b""):
-                h.update(block)
-        return base64.b64encode(h.digest()).decode()
-    parts: list[bytes] = []
-    with path.open("rb") as fh:
-        while True:
-            h, left = hashlib.sha256(), ps
-            while left:
-                block = fh.read(min(READ_BLOCK, left))
-                if not block:
-                    break
-                h.update(block)
-                left -= len(block)
-            if left == ps:
-                break
-            parts.append(h.digest())
-            if left:
-                break
-    return f"{base64.b64encode(hashlib.sha256(b''.join(parts)).digest()).decode()}-{len(parts)}"
-
-
-def same_checksum(reported: str | None, expected: str) -> bool:
-    """Compare ignoring the `-N` part-count suffix (S3 shows it on HEAD; some servers omit it)."""
-    if not reported:
-        return False
-    return reported.split("-")[0] == expected.split("-")[0]
-
-
-def error_text(exc: BaseException) -> str:
-    """One line for anything boto3 raises: the S3 error code and message, or the network failure."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = err.get("Code", "error")
-        msg = err.get("Message") or ""
-        op = exc.operation_name
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        text = f"{op}: {code}" + (f" ({status})" if status else "") + (f": {msg}" if msg else "")
-    elif isinstance(exc, NoCredentialsError):
-        text = "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or s3.profile)"
-    elif isinstance(exc, BotoCoreError):
-        text = str(exc)
-    elif isinstance(exc, OSError):
-        text = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())[:500]
-
-
-# ------------------------------------------------------------------ the bucket
+_VERSIONED_CALLS = ("PutObject", "CompleteMultipartUpload")
+_NO_VERSIONS = ("AccessDenied", "NotImplemented", "MethodNotAllowed")
 
 
 @dataclass
@@ -134,15 +78,28 @@ class RemoteBackup:
 
 
 class Bucket:
-    """The configured bucket and prefix, with a boto3 client tuned for large, retried transfers."""
+    """The configured bucket and prefix, with a boto3 client tuned for large, retried transfers.
 
-    def __init__(self, cfg: S3Cfg, client: S3Client | None = None) -> None:
+    Every object it puts carries the configured Object Lock (mode, retain-until = its upload time from
+    `clock` + object_lock_days) and a SHA256 checksum on each part; `upload_file` and `put_bytes` return
+    the object's VersionId (None on an unversioned bucket) and `locks` remembers the lock each key got.
+    """
+
+    def __init__(self, cfg: S3Cfg, client: S3Client | None = None, clock: Clock | None = None) -> None:
         if not cfg.bucket:
             raise S3Error("s3.bucket is not set")
         self.cfg = cfg
         self.name = cfg.bucket
         self.prefix = cfg.prefix
+        self.clock: Clock = clock or SystemClock()
         self.client: S3Client = client or self._make_client(cfg)
+        self.locks: dict[str, Lock] = {}  # key -> the lock its last upload through this Bucket carried
+        self._versions: dict[str, str | None] = {}  # key -> VersionId of its last completed upload
+        self._lock_checked = False
+        events = self.client.meta.events
+        for op in _VERSIONED_CALLS:  # s3transfer does not return responses: read the VersionId off them
+            events.register(f"before-parameter-build.s3.{op}", _note_key, unique_id=f"backupd-key-{op}")
+            events.register(f"after-call.s3.{op}", self._note_version, unique_id=f"backupd-version-{op}-{id(self)}")
 
     @staticmethod
     def _make_client(cfg: S3Cfg) -> S3Client:
@@ -167,15 +124,27 @@ class Bucket:
         except BotoCoreError as exc:
             raise S3Error(error_text(exc)) from None
 
+    def _note_version(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        key = context.get("backupd_key")
+        if key is not None and "Error" not in parsed:
+            vid = parsed.get("VersionId")
+            self._versions[key] = vid if vid and vid != "null" else None
+
     def key(self, job: str, backup_id: str, name: str = "") -> str:
         return f"{self.prefix}{job}/{backup_id}/{name}"
 
     def url(self, key: str) -> str:
         return f"s3://{self.name}/{key}"
 
-    def _extra_args(self, sha256_hex: str) -> dict[str, Any]:
+    def require_object_lock(self) -> None:
+        """With `object_lock` set, prove once per Bucket that the bucket has Object Lock enabled (S3Error)."""
+        if self.cfg.object_lock != "none" and not self._lock_checked:
+            require_lock_enabled(self.client, self.name, self.cfg.object_lock)
+            self._lock_checked = True
+
+    def _extra_args(self, sha256_hex: str, lock: Lock | None) -> dict[str, Any]:
         args: dict[str, Any] = {
-            "ChecksumAlgorithm": "SHA256",
+            "ChecksumAlgorithm": "SHA256",  # on every part of a multipart upload too; Object Lock needs it
             "StorageClass": self.cfg.storage_class,
             "Metadata": {"sha256": sha256_hex},
         }
@@ -183,10 +152,19 @@ class Bucket:
             args["ServerSideEncryption"] = self.cfg.sse
             if self.cfg.sse == "aws:kms" and self.cfg.kms_key_id:
                 args["SSEKMSKeyId"] = self.cfg.kms_key_id
+        if lock is not None:
+            args.update(lock.args())
         return args
 
-    def upload_file(self, path: Path, key: str, size: int, sha256_hex: str) -> None:
-        """Stream one file up with the transfer manager; parts sized to the file (< 10,000 parts).
+    def _new_lock(self, key: str) -> Lock | None:
+        lock = new_lock(self.cfg, self.clock.now())
+        if lock is not None:
+            self.locks[key] = lock
+        return lock
+
+    def upload_file(self, path: Path, key: str, size: int, sha256_hex: str) -> str | None:
+        """Stream one file up with the transfer manager; parts sized to the file (< 10,000 parts), each with
+        its SHA256 checksum, the lock on the CreateMultipartUpload. Returns the new VersionId.
 
         On failure s3transfer aborts the multipart upload it started, so no parts are left billed.
         """
@@ -199,32 +177,63 @@ class Bucket:
             max_concurrency=self.cfg.max_concurrency,
             use_threads=True,
         )
-        self.client.upload_file(str(path), self.name, key, ExtraArgs=self._extra_args(sha256_hex), Config=tc)
+        self._versions.pop(key, None)
+        args = self._extra_args(sha256_hex, self._new_lock(key))
+        self.client.upload_file(str(path), self.name, key, ExtraArgs=args, Config=tc)
+        return self._versions.pop(key, None)
 
-    def head(self, key: str) -> dict[str, Any] | None:
+    def put_bytes(self, data: bytes, key: str) -> str | None:
+        """PUT a small object (manifest, verification record) with checksum and lock; its VersionId."""
+        return self._put(data, key, self._new_lock(key))
+
+    def _put(self, data: bytes, key: str, lock: Lock | None) -> str | None:
+        digest = hashlib.sha256(data).hexdigest()
+        resp = self.client.put_object(Bucket=self.name, Key=key, Body=data, **self._extra_args(digest, lock))
+        vid = resp.get("VersionId")
+        return vid if vid and vid != "null" else None
+
+    def head(self, key: str, version_id: str | None = None) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
+        args: dict[str, Any] = {"Bucket": self.name, "Key": key, "ChecksumMode": "ENABLED"}
+        if version_id:
+            args["VersionId"] = version_id
         try:
-            return dict(self.client.head_object(Bucket=self.name, Key=key, ChecksumMode="ENABLED"))
+            return dict(self.client.head_object(**args))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
                 return None
             raise
 
-    def check_object(self, key: str, size: int, sha256_hex: str, checksum: str | None) -> tuple[list[str], str]:
-        """Problems with one object (empty when good) and the checksum S3 reports for it."""
-        head = self.head(key)
+    def check_object(
+        self,
+        key: str,
+        size: int,
+        sha256_hex: str,
+        checksum: str | None,
+        version_id: str | None = None,
+        lock: Lock | None = None,
+    ) -> tuple[list[str], str]:
+        """Problems with one object (empty when good) and the checksum S3 reports for it.
+
+        `version_id` names the version to check (else the current one); `lock` is the Object Lock it must
+        still carry (default: the lock this Bucket uploaded the key with, if any)."""
+        head = self.head(key, version_id)
+        where = self.url(key) + (f" (version {version_id})" if version_id else "")
         if head is None:
-            return [f"{self.url(key)}: missing"], ""
+            return [f"{where}: missing"], ""
         problems = []
         reported = str(head.get("ChecksumSHA256") or "")
         if int(head.get("ContentLength", -1)) != size:
-            problems.append(f"{self.url(key)}: size {head.get('ContentLength')} != {size}")
+            problems.append(f"{where}: size {head.get('ContentLength')} != {size}")
         meta = head.get("Metadata", {}).get("sha256")
         if meta != sha256_hex:
-            problems.append(f"{self.url(key)}: x-amz-meta-sha256 {meta or 'missing'} != manifest sha256")
+            problems.append(f"{where}: x-amz-meta-sha256 {meta or 'missing'} != manifest sha256")
         if checksum is not None and not same_checksum(reported, checksum):
-            problems.append(f"{self.url(key)}: S3 SHA256 checksum {reported or 'missing'} != expected {checksum}")
+            problems.append(f"{where}: S3 SHA256 checksum {reported or 'missing'} != expected {checksum}")
+        lock = lock or self.locks.get(key)
+        if lock is not None:
+            problems.extend(lock_problems(where, head, lock))
         return problems, reported
 
     def list_backups(self, job: str | None = None) -> dict[tuple[str, str], RemoteBackup]:
@@ -242,25 +251,41 @@ class Bucket:
                 rb.bytes += int(obj.get("Size", 0))
         return out
 
-    def read_manifest(self, job: str, backup_id: str) -> dict[str, Any]:
-        body = self.client.get_object(Bucket=self.name, Key=self.key(job, backup_id, MANIFEST))["Body"]
-        data: dict[str, Any] = json.loads(body.read())
+    def body(self, key: str, version_id: str | None = None) -> Any:
+        """The streaming body of an object, of the named version when there is one."""
+        args: dict[str, Any] = {"Bucket": self.name, "Key": key}
+        if version_id:
+            args["VersionId"] = version_id
+        return self.client.get_object(**args)["Body"]
+
+    def read_manifest(self, job: str, backup_id: str, version_id: str | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body(self.key(job, backup_id, MANIFEST), version_id).read())
         return data
 
-    def put_verdict(self, backup: StoredBackup) -> None:
-        """Mirror a backup's recorded verifications next to its manifest in the bucket, so a catalog rebuilt
-        from S3 alone keeps a verdict of "bad" (docs/operations.md)."""
-        data = json.dumps(backup.verdict, indent=2, sort_keys=True).encode() + b"\n"
-        digest = hashlib.sha256(data).hexdigest()
+    def put_verdict(self, backup: StoredBackup) -> str | None:
+        """Mirror a backup's recorded verifications (and its copy's versions) next to its manifest in the
+        bucket, so a catalog rebuilt from S3 alone keeps a verdict of "bad" (docs/operations.md).
+
+        It is put again on every new verdict, so it is locked until the copy's own date, not for another
+        object_lock_days: re-verifying a backup never keeps its copy from being pruned. Once the copy's lock
+        has expired, the record of a copy that is no longer immutable goes up unlocked."""
         key = self.key(backup.job, backup.backup_id, VERDICT)
-        self.client.put_object(Bucket=self.name, Key=key, Body=data, **self._extra_args(digest))
+        data = json.dumps(backup.verdict, indent=2, sort_keys=True).encode() + b"\n"
+        lock = Lock.from_dict(backup.verdict.get("s3", {}).get("lock"))
+        if self.cfg.object_lock == "none" or lock is None:
+            return self.put_bytes(data, key)
+        if lock.until <= self.clock.now():
+            self.locks.pop(key, None)
+            return self._put(data, key, None)
+        self.locks[key] = lock
+        return self._put(data, key, lock)
 
     def read_verdict(self, job: str, backup_id: str) -> dict[str, Any]:
         """The verdict object of a backup, {} when there is none; unreadable counts as failed."""
         from botocore.exceptions import ClientError
 
         try:
-            body = self.client.get_object(Bucket=self.name, Key=self.key(job, backup_id, VERDICT))["Body"]
+            body = self.body(self.key(job, backup_id, VERDICT))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return {}
@@ -273,31 +298,35 @@ class Bucket:
         except ValueError:
             return {"local": {"ok": False, "level": "record", "problems": [f"{VERDICT} is unreadable"]}}
 
-    def read_digest(self, key: str) -> tuple[int, str]:
+    def read_digest(self, key: str, version_id: str | None = None) -> tuple[int, str]:
         """Download an object (streamed, constant memory) and return its size and sha256: what a sampled
         re-verification compares with the manifest, since HEAD checksums only prove what S3 says it holds."""
-        body = self.client.get_object(Bucket=self.name, Key=key)["Body"]
         digest = hashlib.sha256()
         size = 0
-        for chunk in body.iter_chunks(READ_BLOCK):
+        for chunk in self.body(key, version_id).iter_chunks(READ_BLOCK):
             digest.update(chunk)
             size += len(chunk)
         return size, digest.hexdigest()
 
-    def delete_backup(self, rb: RemoteBackup) -> None:
-        """Manifest first, so an interrupted delete leaves an incomplete (never counted) backup."""
-        manifest = [k for k in rb.keys if k.endswith("/" + MANIFEST)]
-        rest = [k for k in rb.keys if k not in manifest]
-        for batch in (manifest, *[rest[i : i + 1000] for i in range(0, len(rest), 1000)]):
-            if not batch:
-                continue
-            resp = self.client.delete_objects(
-                Bucket=self.name, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
-            )
-            errors = resp.get("Errors", [])
-            if errors:
-                e = errors[0]
-                raise S3Error(f"delete {self.url(e.get('Key', '?'))}: {e.get('Code')}: {e.get('Message')}")
+    def locked_until(self, rb: RemoteBackup, now: datetime) -> datetime | None:
+        """When the last Object Lock on any version of the backup's objects expires (None: none is left).
+        Only asked with `object_lock` set; HEADs every version."""
+        versions = list_versions(self.client, self.name, self.key(rb.job, rb.backup_id))
+        read_locks(self.client, self.name, versions)
+        return locked_until(versions, now)
+
+    def delete_backup(self, rb: RemoteBackup) -> list[str]:
+        """Delete every version and delete marker of the backup's objects by VersionId, manifest first (an
+        interrupted delete leaves an incomplete, never counted, backup). Returns refused deletions."""
+        from botocore.exceptions import ClientError
+
+        try:
+            versions = list_versions(self.client, self.name, self.key(rb.job, rb.backup_id))
+        except ClientError as exc:  # a key from before versions were listed, or a store without the call
+            if self.cfg.object_lock != "none" or exc.response.get("Error", {}).get("Code") not in _NO_VERSIONS:
+                raise
+            versions = [ObjVersion(k, None) for k in rb.keys]
+        return delete_versions(self.client, self.name, versions, MANIFEST)
 
     def abort_stale_uploads(self, job: str) -> int:
         """Abort multipart uploads left by a killed copy of this job (call with the job's lock held)."""
@@ -310,7 +339,33 @@ class Bucket:
         return n
 
 
+def _note_key(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    context["backupd_key"] = params.get("Key")
+
+
 # ------------------------------------------------------------------ copy and check one backup
+
+
+@dataclass
+class Copied:
+    """What one copy left in the bucket: S3's checksums, each object's VersionId, the weakest lock."""
+
+    checksums: dict[str, str]
+    versions: dict[str, str]
+    lock: Lock | None
+
+    def record(self) -> dict[str, Any]:
+        return {"versions": self.versions, "lock": self.lock.to_dict() if self.lock else None}
+
+
+def copy_record(row_json: str | None, verdict: dict[str, Any]) -> dict[str, Any]:
+    """A copy's record ({"versions": {file: id}, "lock": {...}}): the catalog's, else the store's verdict."""
+    if row_json:
+        data = json.loads(row_json)
+        if isinstance(data, dict):
+            return data
+    s3 = verdict.get("s3", {})
+    return {"versions": s3.get("versions") or {}, "lock": s3.get("lock")}
 
 
 def _manifest_bytes(backup: StoredBackup) -> bytes:
@@ -318,24 +373,28 @@ def _manifest_bytes(backup: StoredBackup) -> bytes:
     return path.read_bytes() if path.is_file() else json.dumps(backup.manifest, indent=2, sort_keys=True).encode()
 
 
-def copy_backup(bucket: Bucket, backup: StoredBackup) -> dict[str, str]:
-    """Upload every artifact, check them, then upload and check the manifest; returns S3's checksums.
+def copy_backup(bucket: Bucket, backup: StoredBackup) -> Copied:
+    """Upload every artifact, check them, then upload and check the manifest; record the versions in the
+    backup's verification record and mirror it beside the copy.
 
-    Raises S3Error; the caller records the state. Uploading again is safe (same keys are overwritten).
+    Raises S3Error; the caller records the state. Uploading again is safe (same keys get new versions).
     """
     job, bid = backup.job, backup.backup_id
     try:
+        bucket.require_object_lock()
         bucket.abort_stale_uploads(job)
         arts = backup.manifest.get("artifacts", [])
+        versions: dict[str, str] = {}
         for a in arts:
-            path = backup.path / a["file"]
-            bucket.upload_file(path, bucket.key(job, bid, a["file"]), int(a["bytes"]), a["sha256"])
+            vid = bucket.upload_file(backup.path / a["file"], bucket.key(job, bid, a["file"]), int(a["bytes"]),
+                                     a["sha256"])  # fmt: skip
+            if vid:
+                versions[a["file"]] = vid
         sums = {}
         for a in arts:
-            path = backup.path / a["file"]
-            expected = file_checksum(path, int(a["bytes"]), a["sha256"])
+            expected = file_checksum(backup.path / a["file"], int(a["bytes"]), a["sha256"])
             problems, reported = bucket.check_object(
-                bucket.key(job, bid, a["file"]), int(a["bytes"]), a["sha256"], expected
+                bucket.key(job, bid, a["file"]), int(a["bytes"]), a["sha256"], expected, versions.get(a["file"])
             )
             if problems:
                 raise S3Error(f"copy of {bid} failed its check: {problems[0]}", job=job)
@@ -343,14 +402,20 @@ def copy_backup(bucket: Bucket, backup: StoredBackup) -> dict[str, str]:
         data = _manifest_bytes(backup)
         digest = hashlib.sha256(data).hexdigest()
         key = bucket.key(job, bid, MANIFEST)
-        bucket.client.put_object(Bucket=bucket.name, Key=key, Body=data, **bucket._extra_args(digest))
-        problems, reported = bucket.check_object(key, len(data), digest, b64_sha256_of_hex(digest))
+        vid = bucket.put_bytes(data, key)
+        if vid:
+            versions[MANIFEST] = vid
+        problems, reported = bucket.check_object(key, len(data), digest, b64_sha256_of_hex(digest), vid)
         if problems:
             raise S3Error(f"copy of {bid} failed its check: {problems[0]}", job=job)
         sums[MANIFEST] = reported
-        if backup.verdict:
-            bucket.put_verdict(backup)
-        return sums
+        keys = [bucket.key(job, bid, a["file"]) for a in arts] + [key]
+        locks = [bucket.locks[k] for k in keys if k in bucket.locks]
+        copied = Copied(sums, versions, min(locks, key=lambda lk: lk.until) if locks else None)
+        if backup.path.is_dir():  # the store is the truth: the versions live beside the manifest
+            Store(backup.path.parent.parent).record_s3_copy(backup, copied.record())
+        bucket.put_verdict(backup)
+        return copied
     except S3Error:
         raise
     except Exception as exc:  # boto3/botocore/OS errors: one line, recorded on the backup
@@ -358,13 +423,21 @@ def copy_backup(bucket: Bucket, backup: StoredBackup) -> dict[str, str]:
 
 
 def check_copy(
-    bucket: Bucket, job: str, backup_id: str, manifest: dict[str, Any], recorded: dict[str, str], local: Path | None
+    bucket: Bucket,
+    job: str,
+    backup_id: str,
+    manifest: dict[str, Any],
+    recorded: dict[str, str],
+    local: Path | None,
+    record: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Re-check a copy: size, our sha256 and S3's checksum per object, against the manifest.
+    """Re-check a copy: size, our sha256, S3's checksum and the lock of each recorded version.
 
     The expected S3 checksum comes from the local file when it is still there, else from what S3 reported
     when the copy was first checked (kept in the catalog).
     """
+    versions = (record or {}).get("versions") or {}
+    lock = Lock.from_dict((record or {}).get("lock"))
     problems: list[str] = []
     for a in manifest.get("artifacts", []):
         path = local / a["file"] if local is not None else None
@@ -374,186 +447,13 @@ def check_copy(
             expected = recorded.get(a["file"])
         if expected is None and int(a["bytes"]) < MIN_PART:
             expected = b64_sha256_of_hex(a["sha256"])
-        found, _ = bucket.check_object(bucket.key(job, backup_id, a["file"]), int(a["bytes"]), a["sha256"], expected)
+        key = bucket.key(job, backup_id, a["file"])
+        found, _ = bucket.check_object(key, int(a["bytes"]), a["sha256"], expected, versions.get(a["file"]), lock)
         problems.extend(found)
-    if bucket.head(bucket.key(job, backup_id, MANIFEST)) is None:
-        problems.append(f"{bucket.url(bucket.key(job, backup_id, MANIFEST))}: missing")
+    key = bucket.key(job, backup_id, MANIFEST)
+    head = bucket.head(key, versions.get(MANIFEST))
+    if head is None:
+        problems.append(f"{bucket.url(key)}: missing")
+    elif lock is not None:
+        problems.extend(lock_problems(bucket.url(key), head, lock))
     return problems
-
-
-# ------------------------------------------------------------------ catalog-facing operations
-
-
-def ship(
-    config: Config,
-    job: str,
-    backup: StoredBackup | None,
-    catalog: Catalog,
-    events: EventLog,
-    bucket: Bucket | None = None,
-) -> list[str]:
-    """Copy `backup` and retry this job's older pending/failed copies (oldest first); errors per backup.
-
-    A failure marks the backup `failed` with its error; it stays local (retention keeps it: not yet in S3)
-    and is retried on the next run of the job and by `verify --s3`.
-    """
-    store = Store(config.store_root)
-    todo: list[StoredBackup] = []
-    for row in catalog.s3_rows(job):
-        if row["s3_state"] in ("pending", "failed") and row["deleted_at"] is None:
-            b = store.find(row["backup_id"], job)
-            if b is not None and (backup is None or b.backup_id != backup.backup_id):
-                todo.append(b)
-    if backup is not None:
-        todo.append(backup)
-    errors: list[str] = []
-    if not todo:
-        return errors
-    try:
-        bucket = bucket or Bucket(config.settings.s3)
-    except BackupdError as exc:
-        errors.append(str(exc))
-        return errors
-    for b in todo:
-        try:
-            with reading(b):
-                sums = copy_backup(bucket, b)
-        except S3Error as exc:
-            catalog.set_s3_state(job, b.backup_id, "failed", error=exc.reason)
-            events.event("s3_failed", step="s3", backup_id=b.backup_id, error=exc.reason)
-            errors.append(str(exc))
-            if _unreachable(exc):
-                break  # the rest would fail the same way; they stay pending for the next run
-            continue
-        except BackupdError as exc:  # deleted locally since it was listed: nothing left to copy
-            events.event("warning", step="s3", backup_id=b.backup_id, error=str(exc))
-            continue
-        catalog.set_s3_copied(job, b.backup_id, sums)
-        events.event(
-            "s3_copied", step="s3", backup_id=b.backup_id, bucket=bucket.name, key=bucket.key(job, b.backup_id)
-        )
-    return errors
-
-
-def _unreachable(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-    cause = exc.__cause__
-    if isinstance(cause, EndpointConnectionError | NoCredentialsError):
-        return True
-    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in (
-        "NoSuchBucket",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AccessDenied",
-    )
-
-
-def copy_hook(config: Config, name: str, backup: StoredBackup, catalog: Catalog, events: EventLog) -> None:
-    """Runner hook: ship the new backup (and older pending ones); a failure is a warning, never a failed run."""
-    if not config.settings.s3.enabled:
-        return
-    try:
-        errors = ship(config, name, backup, catalog, events)
-    except (OSError, ValueError) as exc:  # never let a hook turn a committed run into a failed one
-        raise S3Error(error_text(exc), job=name) from exc
-    if errors:
-        raise S3Error(f"{len(errors)} copy failed (kept local, retried next run): {errors[0]}", job=name)
-
-
-@dataclass
-class CopyReport:
-    job: str
-    backup_id: str
-    ok: bool
-    action: str  # checked | copied | failed
-    problems: list[str]
-
-
-def verify_copies(
-    config: Config, jobs: list[str], catalog: Catalog, events: EventLog, bucket: Bucket | None = None
-) -> list[CopyReport]:
-    """`verify --s3`: re-check every copied backup of `jobs`, and copy the pending/failed ones again."""
-    bucket = bucket or Bucket(config.settings.s3)
-    store = Store(config.store_root)
-    out: list[CopyReport] = []
-    for job in jobs:
-        for row in catalog.s3_rows(job):
-            bid = row["backup_id"]
-            local = store.find(bid, job)
-            if row["s3_state"] in ("pending", "failed"):
-                if local is None:
-                    out.append(CopyReport(job, bid, False, "failed", [row["s3_error"] or "no local copy to ship"]))
-                    continue
-                try:  # the job's lock: never abort the in-flight uploads of a run of the same job
-                    with job_lock(config.state_dir, job), reading(local):
-                        sums = copy_backup(bucket, local)
-                except LockedError:
-                    out.append(CopyReport(job, bid, True, "skipped", ["the job is running; its run ships this copy"]))
-                    continue
-                except S3Error as exc:
-                    catalog.set_s3_state(job, bid, "failed", error=exc.reason)
-                    out.append(CopyReport(job, bid, False, "failed", [exc.reason]))
-                    if _unreachable(exc):
-                        return out  # every other copy would fail the same way
-                    continue
-                except BackupdError as exc:  # deleted locally since it was listed
-                    out.append(CopyReport(job, bid, False, "failed", [str(exc)]))
-                    continue
-                catalog.set_s3_copied(job, bid, sums)
-                out.append(CopyReport(job, bid, True, "copied", []))
-                continue
-            recorded = json.loads(row["s3_checksums"] or "{}")
-            manifest = json.loads(row["manifest"])
-            try:
-                problems = check_copy(bucket, job, bid, manifest, recorded, local.path if local else None)
-            except Exception as exc:
-                out.append(
-                    CopyReport(
-                        job, bid, False, "failed", [f"checking {bucket.url(bucket.key(job, bid))}: {error_text(exc)}"]
-                    )
-                )
-                return out  # the bucket cannot be reached or read: one line, not one per backup
-            if problems:
-                catalog.set_s3_state(job, bid, "failed", error=problems[0])
-            else:
-                catalog.set_s3_state(job, bid, "copied")
-            out.append(CopyReport(job, bid, not problems, "checked", problems))
-    return out
-
-
-def rebuild_from_s3(config: Config, catalog: Catalog, bucket: Bucket | None = None) -> tuple[int, int]:
-    """Recreate the catalog: first from the local store, then every complete backup found in the bucket.
-
-    Returns (local backups, backups in S3). A backup only in S3 gets the row a local one would have, with
-    its S3 location as path, so `verify --s3`, S3 retention and a manual download all work from it.
-    """
-    bucket = bucket or Bucket(config.settings.s3)
-    store = Store(config.store_root)
-    try:
-        remote = bucket.list_backups()
-    except Exception as exc:
-        raise S3Error(f"listing {bucket.url(bucket.prefix)}: {error_text(exc)}") from exc
-    n_local = catalog.rebuild(store)
-    n_remote = 0
-    for (job, bid), rb in sorted(remote.items()):
-        if not rb.complete:
-            continue
-        try:
-            manifest = bucket.read_manifest(job, bid)
-        except Exception as exc:
-            raise S3Error(f"reading {bucket.url(bucket.key(job, bid, MANIFEST))}: {error_text(exc)}", job=job) from exc
-        local = store.find(bid, job)
-        path = local.path if local is not None else Path(bucket.url(bucket.key(job, bid)))
-        row = catalog.backup(job, bid)
-        if row is None:
-            verdict = local.verdict if local is not None else bucket.read_verdict(job, bid)
-            catalog.record_backup(StoredBackup(job, bid, path, manifest, verdict), s3_state="copied")
-            if local is None:  # Path() would fold "s3://" to "s3:/": store the URL as written
-                url = bucket.url(bucket.key(job, bid))
-                catalog.db.execute("UPDATE backups SET path=? WHERE job=? AND backup_id=?", (url, job, bid))
-                catalog.mark_deleted(job, bid, "not in the local store (rebuilt from S3)")
-        if row is None or row["s3_state"] != "copied":
-            catalog.set_s3_state(job, bid, "copied")
-        n_remote += 1
-    return n_local, n_remote

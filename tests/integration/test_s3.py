@@ -28,7 +28,8 @@ from backupd.scratch.base import free_port
 from backupd.scratch.redis import Redis
 from backupd.store.backups import Store
 from backupd.store.catalog import Catalog
-from backupd.store.s3 import MAX_PARTS, MIN_PART, part_size, ship
+from backupd.store.s3 import MAX_PARTS, MIN_PART, part_size
+from backupd.store.s3_sync import ship
 from tests.conftest import catalog_backups, run_cli
 
 PREFIX = "backupd/"

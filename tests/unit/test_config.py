@@ -193,3 +193,32 @@ def test_an_age_identity_open_to_others_is_warned(tmp_path: Path) -> None:
     assert any("encryption.identity_file" in w and "mode 0644" in w for w in load_config(cfg).warnings)
     key.unlink()  # absent on the backup machine: that is the normal case, nothing to say
     assert load_config(cfg).warnings == []
+
+
+def test_object_lock_keys(tmp_path: Path) -> None:
+    s3 = '[s3]\nenabled = true\nbucket = "b"\n'
+    for text, key, message in [
+        ('object_lock = "compliance"\nobject_lock_days = 0\n', "s3", "object_lock_days must be 1..36500"),
+        ('object_lock = "governance"\nobject_lock_days = -3\n', "s3", "object_lock_days must be 1..36500"),
+        ('object_lock = "forever"\n', "s3.object_lock", "compliance"),
+        ("object_lock_dayz = 30\n", "s3.object_lock_dayz", "unknown key"),
+    ]:
+        cfg = write(tmp_path / str(abs(hash(text))), s3 + text)
+        with pytest.raises(ConfigError) as err:
+            load_config(cfg)
+        assert f"{cfg}: {key}" in str(err.value) and message in str(err.value), str(err.value)
+    loaded = load_config(write(tmp_path / "ok", s3 + 'object_lock = "compliance"\n'))
+    assert (loaded.settings.s3.object_lock, loaded.settings.s3.object_lock_days) == ("compliance", 30)
+    assert load_config(write(tmp_path / "none", s3 + "object_lock_days = 0\n")).settings.s3.object_lock == "none"
+
+
+def test_s3_retention_shorter_than_the_lock_is_warned(tmp_path: Path) -> None:
+    s3 = '[s3]\nenabled = true\nbucket = "b"\nobject_lock = "compliance"\nobject_lock_days = 30\n'
+    hourly = 'type = "files"\nschedule = "0 * * * *"\nsource = "/srv/www"\n'
+    cfg = write(tmp_path / "short", s3, {"site": hourly}, retention="[s3.default]\nkeep_daily = 60\n")
+    (warning,) = [w for w in load_config(cfg).warnings if "object_lock_days" in w]
+    assert "retention.toml: job site: S3 retention deletes copies younger than s3.object_lock_days = 30" in warning
+    # daily backups kept 60 days, or no S3 retention at all (keep everything): no warning
+    for name, job, retention in [("long", FILES_JOB, "[s3.default]\nkeep_daily = 60\n"), ("empty", hourly, "")]:
+        cfg = write(tmp_path / name, s3, {"site": job}, retention=retention)
+        assert not [w for w in load_config(cfg).warnings if "object_lock_days" in w]
