@@ -1,6 +1,7 @@
 """One PITR world per session: a MariaDB with `--log-bin --binlog-format=ROW`, a job with two databases, a
 workload at a known pace with the test's own snapshots of the tables at known seconds, two base backups
-taken during it, and the server's closed binlogs committed as segments (tests/pitr/server_segments.py).
+taken during it, and its binlog committed as segments: by the real stream when this tree has it, else from
+the server's closed binlog files (tests/pitr/server_segments.py; BACKUPD_TEST_SERVER_SEGMENTS=1 forces that).
 
 The workload is one thread: at each second s it first snapshots the tables (the state "at s"), then at
 s + 0.5 commits one transaction (insert, update, delete). A snapshot is kept only when the transaction
@@ -10,8 +11,12 @@ committed in seconds before s, which is what `--until s` restores.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +28,7 @@ import pytest
 from backupd.lab.content import write_config, write_secret
 from backupd.scratch.mariadb import MariaDB
 from backupd.store.segments import BinlogPos, Segment, SegmentStore
+from tests.conftest import wait_for
 from tests.pitr.server_segments import commit_closed_binlogs
 
 LOG_BIN = ["--log-bin=mariadb-bin", "--binlog-format=ROW", "--server-id=1"]
@@ -67,7 +73,7 @@ class World:
             return min(BinlogPos(a["binlog_position"]["file"], a["binlog_position"]["pos"]).key for a in arts)
 
         first, second = pos(self.bases[0]), pos(self.bases[1])
-        names = [s.path.name for s in self.segments() if first < s.start.key and s.end.key < second]
+        names = [s.path.name for s in self.segments() if first < s.start.key and s.end.key <= second]
         assert names, "the workload made no segment between the bases"
         return names
 
@@ -105,6 +111,41 @@ def _workload(world: World, seconds: int, first_id: int) -> int:
     return nid
 
 
+class Segments:
+    """Where the world's segments come from: the real stream (`backupd stream JOB`, when this tree has it)
+    or, before it, the server's closed binlogs cut by tests/pitr/server_segments.py. `commit()` returns
+    once every transaction the server has written is in a committed segment."""
+
+    def __init__(self, source: MariaDB, cfg: Path, store: SegmentStore) -> None:
+        self.source, self.store = source, store
+        self.proc: subprocess.Popen[str] | None = None
+        if importlib.util.find_spec("backupd.sources.mysql.stream") is not None and not os.environ.get(
+            "BACKUPD_TEST_SERVER_SEGMENTS"
+        ):
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "backupd", "--config", str(cfg), "stream", JOB],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+
+    def commit(self) -> None:
+        if self.proc is None:
+            commit_closed_binlogs(self.source, self.store, JOB, per_segment=3)
+            return
+        want = int(self.source.execute("SELECT @@gtid_binlog_pos")[0][0].split("-")[-1])
+
+        def done() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "the stream stopped"
+            last = self.store.last()
+            return last is not None and int(str(last.manifest["gtid_end"]).split("-")[-1]) >= want
+
+        wait_for(done, 60, "the stream to commit the server's last transaction")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.communicate(timeout=60)
+
+
 @pytest.fixture(scope="session")
 def pitr_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from backupd.cli import main
@@ -125,7 +166,7 @@ def pitr_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         job = {
             "type": "mysql", "schedule": "@daily", "host": source.host, "port": source.port, "user": "root",
             "password_file": str(pw), "databases": ["shop", "blog"],
-            "pitr": {"enabled": True, "server_id": 4001, "window": "1h", "segment": "5m"},
+            "pitr": {"enabled": True, "server_id": 4001, "window": "1h", "segment": "1s"},
         }
         world_base = base / "world"
         cfg = write_config(world_base, {JOB: job}, retention={"default": {"keep_last": 5}})
@@ -138,16 +179,20 @@ def pitr_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             world.bases.append(ids[-1])
             world.base_seconds.append(int(time.time()) + 1)
 
+        segments = Segments(source, cfg, SegmentStore(world.store, JOB))
+        if segments.proc is not None:
+            segments.commit()  # the stream is live before the workload: it cuts segments as it goes
         backup()
         nid = _workload(world, 4, 21)
-        commit_closed_binlogs(source, SegmentStore(world.store, JOB), JOB, per_segment=3)
+        segments.commit()
         time.sleep(1.0)  # backup ids are per second
         backup()
         nid = _workload(world, 4, nid)
         # DDL naming its own database (blog only): --rewrite-db cannot rename it
         source.execute("CREATE TABLE blog.extra (id INT PRIMARY KEY); INSERT INTO blog.extra VALUES (1);", "blog")
         _workload(world, 2, nid)
-        commit_closed_binlogs(source, SegmentStore(world.store, JOB), JOB, per_segment=3)
+        segments.commit()
+        segments.stop()
         yield world
 
 

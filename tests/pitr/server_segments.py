@@ -8,8 +8,9 @@ manifest keys of the `Segment` docstring. A piece starts where the previous one 
 piece of a file ends at the next file's position 4 (the ROTATE's target), where the next piece starts, so
 the pieces of consecutive files form one chain.
 
-Switching to the real stream: replace calls of `commit_closed_binlogs(server, store)` with running
-`backupd stream JOB` until the store's last segment reaches the server's current position.
+The session world (tests/pitr/conftest.py, `Segments`) uses the real stream instead as soon as the tree has
+it (`backupd stream JOB`, running through the workload, waited on until it has committed the server's last
+GTID); BACKUPD_TEST_SERVER_SEGMENTS=1 forces this helper. test_wordpress_until.py and the bench use it always.
 """
 
 from __future__ import annotations

@@ -141,11 +141,14 @@ def test_a_segment_whose_events_fail_their_crc_is_refused(pitr_world: World, cap
 
     import zstandard
 
+    from backupd.store.segments import open_segment
+
     w = pitr_world
     cfg = w.clone(tmp_path / "w")
     seg = w.segments()[-2]
     path = tmp_path / "w" / "store" / JOB / "binlog" / seg.path.name
-    raw = bytearray(zstandard.ZstdDecompressor().decompress(path.read_bytes()))
+    with open_segment(seg) as fh:  # a streamed zstd frame: its size is not in the header
+        raw = bytearray(fh.read())
     raw[-10] ^= 0x01  # inside the last event, before its CRC
     stored = zstandard.ZstdCompressor().compress(bytes(raw))
     path.write_bytes(stored)
