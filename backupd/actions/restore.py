@@ -86,9 +86,9 @@ def restore(
         return restore_until(config, req, progress)
     source.check_restore(job, req)
     backup = pick_backup(Store(config.store_root), req.job, req.backup_id)
+    source.before_restore(job, backup, req)  # first: its refusal (say, Redis's steps) names --identity itself
     keys = load_keys(config, req.job, req.identity, "restore")
     require_unlock(backup, keys, "restore")
-    source.before_restore(job, backup, req)
     with reading(backup), unlocking(keys.identities):
         ensure_intact(backup, thorough=False)
         return backup, source.restore(job, backup, req, progress)

@@ -135,6 +135,8 @@ def _run_locked(
     store = Store(config.store_root)
     partial: Path | None = None
     tmp_dir: Path | None = None
+    staging = config.state_dir / "staging" / name
+    source = source_for(job)
     step = "start"
     try:
         ensure_private_dir(config.store_root)
@@ -150,14 +152,14 @@ def _run_locked(
                 job_name=name,
                 job=job,
                 partial_dir=partial,
-                staging_dir=ensure_private_dir(config.state_dir / "staging" / name),
+                staging_dir=ensure_private_dir(staging),
                 tmp_dir=tmp_dir,
                 compression=job.compression or config.settings.compression,
                 events=events,
                 progress=bar,
                 recipients=config.recipients_for(name),
             )
-            facts = source_for(job).dump(job, ctx)
+            facts = source.dump(job, ctx)
         if not ctx.artifacts:
             raise StepError("dump", "the source produced no artifact")
         step = "commit"
@@ -198,6 +200,8 @@ def _run_locked(
     finally:
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not source.keeps_staging(job):  # keep_staging = false: no plaintext mirror between runs
+            shutil.rmtree(staging, ignore_errors=True)
     # The backup is committed and the run recorded as ok: nothing after this point can undo that.
     hook_errors: dict[str, str] = {}
     try:

@@ -6,6 +6,11 @@ in Rust with the GIL released while they encrypt. Each is adapted with an OS pip
 pipeline pushes compressed bytes into the pipe and the thread pulls them through age into the hashing file
 writer; a reader of a stored artifact gets the pipe's read end while the thread decrypts into it. Memory
 stays constant (the pipe and pyrage's 64 KiB chunks), nothing is buffered whole.
+
+Decryption prefers the `age` binary when it is installed: pyrage calls back into Python for every 8 KiB it
+reads and writes, so a reader that keeps the GIL busy (a format check, the native MongoDB restore) starves
+the decrypting thread; `age -d` in its own process costs the reader nothing but the reads of its stdout.
+The identities reach it over an inherited pipe (`-i /dev/fd/N`): never in argv, never on disk.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import fcntl
 import hashlib
 import io
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -229,6 +236,65 @@ class _DecryptedReader(io.RawIOBase):
         super().close()
 
 
+class _AgeProcessReader(io.RawIOBase):
+    """The stdout of `age -d` decrypting `path`; EOF raises age's error, if it failed. Closing early kills it
+    (by the PID we started)."""
+
+    def __init__(self, path: Path, identities: Sequence[Any], tool: str) -> None:
+        super().__init__()
+        self.path = path
+        keys_r, keys_w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [tool, "--decrypt", "--identity", f"/dev/fd/{keys_r}", "--", str(path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(keys_r,),
+            )  # fmt: skip
+        except BaseException:
+            os.close(keys_w)
+            raise
+        finally:
+            os.close(keys_r)
+        secret = memoryview("".join(f"{i}\n" for i in identities).encode())
+        try:
+            while secret:  # a few hundred bytes: fits the pipe, age reads it before anything else
+                secret = secret[os.write(keys_w, secret) :]
+        except BrokenPipeError:
+            pass  # age already exited; its status says why
+        finally:
+            os.close(keys_w)
+        assert self._proc.stdout is not None
+        self._fd = self._proc.stdout.fileno()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = os.readv(self._fd, [buffer])
+        if n == 0:
+            assert self._proc.stderr is not None
+            err = self._proc.stderr.read(1 << 16).decode("utf-8", "replace")  # age says a line or two
+            if self._proc.wait() != 0:
+                lines = [x.strip() for x in err.splitlines() if x.startswith("age: error:")] or [err.strip()]
+                why = lines[0].removeprefix("age: error:").strip() or f"age exited {self._proc.returncode}"
+                raise DecryptionError(f"{self.path.name}: cannot decrypt: {why}")
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            for fh in (self._proc.stdout, self._proc.stderr):
+                if fh is not None:
+                    fh.close()
+        super().close()
+
+
+def age_binary() -> str | None:
+    """The `age` binary decryption runs in, when it is installed (else pyrage, in a thread)."""
+    return shutil.which("age")
+
+
 def is_encrypted(path: Path) -> bool:
     with path.open("rb") as fh:
         return agehdr.is_age(fh.read(len(agehdr.MAGIC)))
@@ -242,7 +308,8 @@ def open_decrypted(path: Path, identities: Sequence[Any] | None = None) -> Binar
     ids = list(identities) if identities is not None else active_identities()
     if not ids:
         raise DecryptionError(f"{path.name}: encrypted, and no age identity was given")
-    raw = _DecryptedReader(path, ids)
+    tool = age_binary()
+    raw = _AgeProcessReader(path, ids, tool) if tool is not None else _DecryptedReader(path, ids)
     stream = io.BufferedReader(raw, buffer_size=READ_BUFFER)
     try:
         stream.peek(1)

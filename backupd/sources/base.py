@@ -22,7 +22,7 @@ from backupd.engine.pipeline import ArtifactResult, ArtifactWriter
 from backupd.errors import StepError, UsageError
 from backupd.formats.base import FormatChecker
 from backupd.logs import ByteProgress, EventLog
-from backupd.settings import CompressionCfg, JobBase, read_secret
+from backupd.settings import CompressionCfg, JobBase, Strict, read_secret
 from backupd.store.backups import StoredBackup
 from backupd.store.segments import SegmentStore
 
@@ -37,6 +37,16 @@ def no_progress(n: int) -> None:
 
 
 # ------------------------------------------------------------------ dump
+
+
+class MirrorKeys(Strict):
+    """The key of a job whose source keeps a staging mirror of its data on the backup machine between runs
+    (files, wordpress, redis: rsync's delta transfer needs the previous copy). The mirror is plaintext
+    even when the backups are encrypted; `keep_staging = false` removes it after every run, success or
+    failure, at the cost of a full transfer next time (docs/security.md)."""
+
+    keep_staging: bool = True
+
 
 
 @dataclass
@@ -251,6 +261,11 @@ class Source(abc.ABC, Generic[J]):
 
     def before_restore(self, job: J, backup: StoredBackup, req: RestoreRequest) -> None:
         """A last refusal once the backup is known, before it is verified and anything is written."""
+
+    def keeps_staging(self, job: J) -> bool:
+        """Whether the run leaves the job's staging dir in place for the next run (`keep_staging`; only the
+        models of sources with a mirror have the key, the others' staging dirs stay empty)."""
+        return job.keep_staging if isinstance(job, MirrorKeys) else True
 
     @abc.abstractmethod
     def restore(self, job: J, backup: StoredBackup, req: RestoreRequest, progress: Progress) -> list[Restored]:

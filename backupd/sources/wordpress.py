@@ -16,6 +16,7 @@ from backupd.sources.base import (
     DrillContext,
     DrillResult,
     DumpContext,
+    MirrorKeys,
     PointInTime,
     Progress,
     Restored,
@@ -36,7 +37,7 @@ from backupd.store.backups import StoredBackup
 from backupd.store.segments import SegmentStore
 
 
-class WordPressJob(JobBase):
+class WordPressJob(JobBase, MirrorKeys):
     type: Literal["wordpress"]
     mysql: MySQLPart
     files: FilesPart

@@ -38,8 +38,8 @@ class Env:
         (self.src / "sub" / "b.bin").write_bytes(os.urandom(200_000) + MARKER)
         self.cfg = self.config([self.recipient])
 
-    def config(self, recipients: list[str]) -> Path:
-        job = {"type": "files", "source": f"{self.src}/", "schedule": "@daily"}
+    def config(self, recipients: list[str], **extra: Any) -> Path:
+        job = {"type": "files", "source": f"{self.src}/", "schedule": "@daily", **extra}
         return write_config(self.base / "etc", {"site": job}, settings={"encryption": {"age_recipients": recipients}})
 
     def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -82,6 +82,57 @@ def test_stored_backup_is_ciphertext_that_age_opens(env: Env, capsys: pytest.Cap
                 assert MARKER not in f.read_bytes(), f
     manifest = json.loads((Path(row["path"]) / "manifest.json").read_text())
     assert env.recipient not in json.dumps(manifest) and manifest["artifacts"][0]["stats"]["files"] == 2
+
+
+def plaintext_holders(base: Path) -> list[Path]:
+    """Every file under the store and the state dir (staging mirrors, tmp, drills) holding the marker."""
+    where = (base / "etc" / "store", base / "etc" / "state")
+    return sorted(f for w in where for f in w.rglob("*") if f.is_file() and MARKER in f.read_bytes())
+
+
+def test_keep_staging_false_leaves_no_plaintext_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BACKUPD_AGE_IDENTITY_FILE", raising=False)
+    env = Env(tmp_path)
+    staging = tmp_path / "etc" / "state" / "staging" / "site"
+    assert env.cli(capsys, "run", "site")[0] == 0
+    # the default keeps the mirror for the next run's delta transfer: plaintext, by design
+    assert plaintext_holders(tmp_path) == [staging / "files" / "a.txt", staging / "files" / "sub" / "b.bin"]
+
+    env.cfg = env.config([env.recipient], keep_staging=False)
+    rc, _, err = env.cli(capsys, "run", "site")
+    assert rc == 0, err
+    assert not staging.exists() and plaintext_holders(tmp_path) == []
+    # a failed run removes it too
+    env.src.rename(tmp_path / "gone")
+    rc, _, err = env.cli(capsys, "run", "site")
+    assert rc == 1 and "rsync" in err
+    assert not staging.exists() and plaintext_holders(tmp_path) == []
+    (tmp_path / "gone").rename(env.src)
+    # and the next run still works (a full transfer): its backup restores
+    (env.src / "c.txt").write_bytes(MARKER + b" new")
+    rc, _, err = env.cli(capsys, "run", "site")
+    assert rc == 0, err
+    assert not staging.exists() and plaintext_holders(tmp_path) == []
+    newest = env.backups(capsys)[-1]
+    dest = tmp_path / "restored"
+    rc, _, err = env.cli(capsys, "restore", "site", "--backup", newest["backup_id"], "--to", str(dest),
+                         "--identity", str(env.key))
+    assert rc == 0, err
+    assert (dest / "c.txt").read_bytes() == MARKER + b" new"
+    assert (dest / "sub" / "b.bin").read_bytes() == (env.src / "sub" / "b.bin").read_bytes()
+
+
+def test_keep_staging_is_unknown_to_jobs_without_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = {"type": "postgresql", "schedule": "@daily", "host": "127.0.0.1", "user": "u", "keep_staging": False}
+    cfg = write_config(tmp_path / "etc", {"pg": job})
+    rc, _, err = run_cli(capsys, "--config", str(cfg), "check-config")
+    assert rc != 0 and "keep_staging" in err and len(err.strip().splitlines()) == 1, err
+    for kind in ({"type": "redis"}, {"type": "files", "source": "/srv/"}):
+        cfg = write_config(tmp_path / kind["type"], {"j": {"schedule": "@daily", **kind, "keep_staging": False}})
+        rc, _, err = run_cli(capsys, "--config", str(cfg), "check-config")
+        assert rc == 0, err
 
 
 def test_verify_without_the_key_catches_a_flipped_byte_and_truncation(
@@ -216,6 +267,7 @@ def test_encrypted_wordpress_job_restores_with_the_identity(
         "files": {"source": str(site)},
         "ssh": sshd.ssh_config(),
         "encryption": {"age_recipients": [recipient]},
+        "keep_staging": False,
     }
     cfg = write_config(tmp_path / "etc", {"wp": job})
 
@@ -225,6 +277,7 @@ def test_encrypted_wordpress_job_restores_with_the_identity(
 
     out = backupd("run", "wp")
     assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "etc" / "state" / "staging" / "wp").exists(), "keep_staging = false: no site mirror"
     rows = json.loads(backupd("list", "wp", "--json").stdout)
     stored = sorted(p.name for p in Path(rows[-1]["path"]).iterdir())
     assert all(n.endswith(".zst.age") for n in stored if n != "manifest.json" and n != "verification.json"), stored

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import field_validator
 
 from backupd.settings import JobBase, SSHCfg, Strict
+from backupd.sources.base import MirrorKeys
 
 
 class FilesPart(Strict):
@@ -25,6 +26,6 @@ class FilesPart(Strict):
         return [p.strip("/") for p in value]
 
 
-class FilesJob(JobBase, FilesPart):
+class FilesJob(JobBase, FilesPart, MirrorKeys):
     type: Literal["files"]
     ssh: SSHCfg | None = None

@@ -44,7 +44,9 @@ class RedisSource(Source[RedisJob]):
         """A running server cannot load an RDB: say exactly what to do instead, and write nothing."""
         if req.to and req.to.startswith(LIVE_SCHEMES):
             rdb = artifacts(backup, "redis-rdb")
-            raise BackupdError(redis_live_steps(req.to, str(backup.path / rdb[0]["file"]) if rdb else "?"))
+            stored = str(backup.path / rdb[0]["file"]) if rdb else "?"
+            encrypted = any(a.get("encrypted") for a in rdb)
+            raise BackupdError(redis_live_steps(req.to, backup.job, backup.backup_id, stored, encrypted=encrypted))
 
     def restore(self, job: RedisJob, backup: StoredBackup, req: RestoreRequest, progress: Progress) -> list[Restored]:
         return [restore_rdb(backup, Path(req.to or ""), yes=req.yes, progress=progress)]

@@ -8,9 +8,10 @@ from typing import Literal
 from pydantic import Field
 
 from backupd.settings import Duration, JobBase, SSHCfg
+from backupd.sources.base import MirrorKeys
 
 
-class RedisJob(JobBase):
+class RedisJob(JobBase, MirrorKeys):
     type: Literal["redis"]
     host: str = "127.0.0.1"
     port: int = Field(default=6379, ge=1, le=65535)

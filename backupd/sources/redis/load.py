@@ -48,21 +48,30 @@ def write_rdb(path: Path, dest_dir: Path, *, yes: bool, progress: Progress = no_
     return final
 
 
-def redis_live_steps(uri: str, rdb: str) -> str:
-    """A live Redis cannot load an RDB without a restart: say exactly what to do instead."""
+def redis_live_steps(uri: str, job: str, backup_id: str, rdb: str, *, encrypted: bool) -> str:
+    """A live Redis cannot load an RDB without a restart: say exactly what to do instead.
+
+    An encrypted backup's stored file is age ciphertext that no Redis can load: step 1 decrypts it (with the
+    identity) into the plaintext dump.rdb, and only that file is ever copied into place."""
+    if encrypted:
+        first = (
+            f"  1. backupd restore {job} --backup {backup_id} --to /some/dir --identity FILE\n"
+            f"     (decrypts {rdb} on the fly with the age identity and writes the plaintext dump.rdb;\n"
+            "     the stored .age file is ciphertext Redis cannot load: never copy it into place)\n"
+        )
+    else:
+        first = f"  1. backupd restore {job} --backup {backup_id} --to /some/dir   (writes dump.rdb from {rdb})\n"
     return (
         f"restore: a running Redis ({uri}) cannot load an RDB while it runs. Steps:\n"
-        f"  1. backupd restore JOB --to /some/dir   (writes dump.rdb from {rdb})\n"
-        "  2. on the Redis host: redis-cli CONFIG GET dir; CONFIG GET dbfilename; CONFIG GET appendonly\n"
+        + first
+        + "  2. on the Redis host: redis-cli CONFIG GET dir; CONFIG GET dbfilename; CONFIG GET appendonly\n"
         "  3. stop redis-server (systemctl stop redis-server), so it does not save over the file\n"
-        "  4. copy dump.rdb to <dir>/<dbfilename> (owner redis:redis, mode 0600)\n"
+        "  4. copy that dump.rdb to <dir>/<dbfilename> (owner redis:redis, mode 0600)\n"
         "  5. if appendonly is yes: move the appendonly dir aside, start with appendonly no, then run\n"
         "     redis-cli CONFIG SET appendonly yes once loaded (else Redis loads the AOF, not the RDB)\n"
         "  6. start redis-server; check INFO persistence (loading:0) and DBSIZE against backupd show\n"
         "  7. replicas resync from the restored master on their own"
     )
-
-
 
 
 class RdbRedis(Redis):
