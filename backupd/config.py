@@ -32,7 +32,8 @@ from backupd.settings import (
     StateCfg,
     StorageCfg,
 )
-from backupd.sources import job_models, source_types
+from backupd.sources import job_models, source_for, source_types
+from backupd.sources.base import PointInTime
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -317,12 +318,23 @@ def load_config(path: Path) -> Config:
         retention=retention,
         retention_path=retention_path,
         warnings=warnings,
+        pitr_windows=_pitr_windows(jobs),
     )
     from backupd.store.s3_lock import retention_warnings
 
     where = retention_path or path
     warnings.extend(f"config {where}: {w}" for w in retention_warnings(config))
     return config
+
+
+def _pitr_windows(jobs: dict[str, JobBase]) -> dict[str, float]:
+    """The window of each job whose source offers point-in-time recovery and has it on."""
+    out: dict[str, float] = {}
+    for name, job in jobs.items():
+        source = source_for(job)
+        if isinstance(source, PointInTime) and source.pitr_enabled(job):
+            out[name] = source.pitr_window(job)
+    return out
 
 
 def _check_tz(file: Path, key: str, tz: str) -> None:

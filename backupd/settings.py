@@ -330,6 +330,9 @@ class Config:
     retention: RetentionCfg
     retention_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    # job -> seconds that must stay restorable to any instant, for jobs with point-in-time recovery on
+    # (filled from each source's PointInTime capability when the config is loaded; docs/pitr.md)
+    pitr_windows: dict[str, float] = field(default_factory=dict)
 
     def job(self, name: str) -> JobBase:
         try:

@@ -10,9 +10,11 @@ ExitStack and work directory every drill's servers and databases are torn down t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,9 +29,11 @@ from backupd.notify import report as notify_report
 from backupd.scratch.base import ScratchError
 from backupd.settings import Config
 from backupd.sources import source_for
-from backupd.sources.base import Check, DrillContext
+from backupd.sources.base import Check, DrillContext, DrillResult
 from backupd.store.backups import Store, StoredBackup, reading
 from backupd.store.catalog import Catalog
+
+PITR_NOTE = "pitr drill"  # the first note of a PITR drill's record: what `pitr_turn` alternates on
 
 
 @dataclass
@@ -77,12 +81,14 @@ def drill_pick(store: Store, catalog: Catalog, job: str, pick: str, backup_id: s
 
 def drill_job(
     config: Config, name: str, catalog: Catalog, backup_id: str | None = None, events: EventLog | None = None,
-    identity: str | None = None,
+    identity: str | None = None, pitr: bool = False,
 ) -> DrillReport:
     """Drill one job; the outcome is recorded in the catalog whatever happens (interrupts included), then a
     failure (or the first good drill after one) is notified. An encrypted backup needs its identity
-    (`identity`, else $BACKUPD_AGE_IDENTITY_FILE or `identity_file`): without one the drill fails."""
-    out = _drill_job(config, name, catalog, backup_id, identity)
+    (`identity`, else $BACKUPD_AGE_IDENTITY_FILE or `identity_file`): without one the drill fails.
+    `pitr`: the point-in-time drill instead (docs/pitr.md)."""
+    out = _pitr_drill_job(config, name, catalog, identity) if pitr else _drill_job(config, name, catalog, backup_id,
+                                                                                   identity)
     bad = next((c.check for c in out.checks if not c.ok), None)
     notify_report.drill_finished(
         config, catalog, events or EventLog(config.settings.logging.format, quiet=True), name, out.backup_id,
@@ -104,6 +110,40 @@ def _drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | Non
     if backup is None:
         catalog.finish_drill(drill_id, "failed", [], None, report.error)
         return report
+    picked = backup
+    return _execute(config, name, catalog, drill_id, picked, identity,
+                    lambda ctx: source_for(job).drill(job, picked, ctx))
+
+
+def _pitr_drill_job(config: Config, name: str, catalog: Catalog, identity: str | None) -> DrillReport:
+    """Base N rolled forward to base N+1 and compared with N+1's stats, then a random instant of the window;
+    recorded against N+1 (the backup the comparison proves reachable)."""
+    from backupd.actions.pitr import pitr_source
+    from backupd.store.pitr import bases, reading_segments
+    from backupd.store.segments import SegmentStore
+
+    job = config.job(name)
+    source = pitr_source(job, name, "drill --pitr")
+    backups = Store(config.store_root).backups(name)
+    found = bases(backups)
+    newest = found[-1].backup if found else None
+    drill_id = catalog.start_drill(name, newest.backup_id if newest else None)
+    if newest is None:
+        report = DrillReport(name, None, error=f"drill: job {name} has no verified base backup with a binlog position")
+        catalog.finish_drill(drill_id, "failed", [], None, report.error)
+        return report
+    segments = SegmentStore(config.store_root, name)
+
+    def body(ctx: DrillContext) -> DrillResult:
+        ctx.stack.enter_context(reading_segments(segments))  # a prune meanwhile leaves them for next time
+        return source.pitr_drill(job, backups, segments, ctx)
+
+    return _execute(config, name, catalog, drill_id, newest, identity, body, pitr=True)
+
+
+def _execute(config: Config, name: str, catalog: Catalog, drill_id: int, backup: StoredBackup,
+             identity: str | None, body: Callable[[DrillContext], DrillResult], pitr: bool = False) -> DrillReport:
+    """Run a drill's body with its work dir, keys and ExitStack; record the outcome whatever happens."""
     report = DrillReport(name, backup.backup_id)
     work = ensure_private_dir(config.state_dir / "drills") / f"{name}-{backup.backup_id}-{os.getpid()}"
     try:
@@ -118,7 +158,7 @@ def _drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | Non
             if proven:
                 report.notes.append(proven)
             ctx = DrillContext(stack, work, report.notes)
-            result = source_for(job).drill(job, backup, ctx)
+            result = body(ctx)
             if not result.checks:
                 raise BackupdError(f"drill: backup {backup.backup_id} has nothing to compare")
             report.checks, report.restore_seconds = result.checks, result.restore_seconds
@@ -136,20 +176,43 @@ def _drill_job(config: Config, name: str, catalog: Catalog, backup_id: str | Non
         raise
     checks = [asdict(c) for c in report.checks]
     seconds = round(report.restore_seconds, 3)
+    if pitr:
+        report.notes.insert(0, PITR_NOTE)
     catalog.finish_drill(drill_id, report.outcome, checks, seconds, report.error, report.notes)
     return report
 
 
+def pitr_turn(config: Config, name: str, catalog: Catalog) -> bool:
+    """Drills of a PITR job alternate: after a plain drill the next one is the PITR drill, and back."""
+    from backupd.sources.base import PointInTime
+
+    job = config.job(name)
+    source = source_for(job)
+    if not isinstance(source, PointInTime) or not source.pitr_enabled(job):
+        return False
+    last = catalog.last_drill(name)
+    if last is None:
+        return False
+    notes = json.loads(last["notes"] or "[]")  # the column exists (the catalog adds it on open)
+    return not (notes and notes[0] == PITR_NOTE)
+
+
 def drill_jobs(
-    config: Config, names: list[str], backup_id: str | None = None, identity: str | None = None
+    config: Config, names: list[str], backup_id: str | None = None, identity: str | None = None, pitr: bool = False
 ) -> list[DrillReport]:
     for n in names:
         config.job(n)  # unknown names are a usage error before any drill starts
     if backup_id and len(names) != 1:
         raise UsageError("drill: --backup ID goes with exactly one JOB")
+    if backup_id and pitr:
+        raise UsageError("drill: --pitr picks its two base backups itself; drop --backup")
     catalog = Catalog(config.state_dir)
     events = EventLog(config.settings.logging.format, stream=sys.stderr, level="warning")
     try:
-        return [drill_job(config, n, catalog, backup_id, events, identity) for n in names]
+        out = []
+        for n in names:
+            use_pitr = pitr or (not backup_id and pitr_turn(config, n, catalog))
+            out.append(drill_job(config, n, catalog, backup_id, events, identity, use_pitr))
+        return out
     finally:
         catalog.close()

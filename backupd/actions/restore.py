@@ -80,6 +80,10 @@ def restore(
     job = config.job(req.job)
     source = source_for(job)
     _refuse_foreign_options(req, job.type, {o.dest for o in source.restore_options})
+    if req.option("until"):
+        from backupd.actions.pitr import restore_until  # the point-in-time path (docs/pitr.md)
+
+        return restore_until(config, req, progress)
     source.check_restore(job, req)
     backup = pick_backup(Store(config.store_root), req.job, req.backup_id)
     source.before_restore(job, backup, req)  # first: its refusal (say, Redis's steps) names --identity itself

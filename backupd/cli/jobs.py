@@ -121,7 +121,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if not names:
         raise UsageError("drill: no jobs configured")
     with terminate_on_signals():
-        reports = drill_jobs(config, names, args.backup, args.identity)
+        reports = drill_jobs(config, names, args.backup, args.identity, args.pitr)
     if args.json:
         print_json([r.to_dict() for r in reports])
     else:
@@ -145,6 +145,7 @@ def add_drill(sub: Subparsers) -> None:
     s = sub.add_parser("drill", help="restore the latest backup into a scratch target and compare")
     s.add_argument("jobs", nargs="*", metavar="JOB")
     s.add_argument("--backup", metavar="ID", help="drill this backup of the one JOB named")
+    s.add_argument("--pitr", action="store_true", help="the point-in-time drill: base N rolled forward to base N+1")
     s.add_argument("--json", action="store_true")
     s.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
 

@@ -108,6 +108,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             if j["drill_cycle_seconds"]:
                 print(f"{j['job']}: drills restore each of {j['kept_backups']} kept backup(s) once every "
                       f"{human_age(j['drill_cycle_seconds'])}")
+            if j["pitr_window_seconds"] is not None:  # restorable to any instant in this window
+                span = f"{_when(j['pitr_window_start'])} .. {_when(j['pitr_window_end'])}" if j["pitr_window_start"] \
+                    else "none yet (no base backup covered by committed segments)"
+                print(f"{j['job']}: pitr window {span} (keeps {human_age(j['pitr_window_seconds'])})")
             for w in j["last_backup_warnings"]:
                 print(f"{j['job']}: warning: {w}")
             if j["last_drill_outcome"] == "failed" and j["last_drill_error"]:

@@ -64,6 +64,9 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
     unverified = gauge(
         "backupd_oldest_unverified_backup_age_seconds", "Age of the oldest proof among the kept backups"
     )
+    pitr_start = gauge(
+        "backupd_pitr_window_start_timestamp_seconds", "Oldest instant a restore --until can reach (PITR jobs)"
+    )
     verify_failures = CounterMetricFamily(
         "backupd_verify_failures", "Re-verifications that found a copy bad", labels=["backup_job", "where"]
     )
@@ -93,6 +96,7 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
             (running, 1.0 if st.running else 0.0),
             (s3_pending, st.s3_pending),
             (s3_ok, _ts(st.s3_last_copy_at)),
+            (pitr_start, _ts(st.pitr_window_start)),
         ]
         for family, value in pairs:
             if value is not None:
@@ -100,7 +104,7 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
         for outcome in OUTCOMES:
             runs.add_metric([st.job, outcome], float(st.runs_total.get(outcome, 0)))
     return [last_ok, duration, size, overdue, next_run, drill_ok, drill_dur, last_failed, running, runs, s3_pending,
-            s3_ok, verify_ok, unverified, verify_failures, pitr_lag, pitr_gaps, pitr_up]
+            s3_ok, verify_ok, unverified, verify_failures, pitr_lag, pitr_gaps, pitr_up, pitr_start]
 
 
 def notify_metrics(st: NotifyStatus) -> list[Metric]:

@@ -22,6 +22,8 @@ from backupd.schedule import Schedule
 from backupd.settings import Config
 from backupd.store.backups import Store
 from backupd.store.catalog import Catalog
+from backupd.store.pitr import window
+from backupd.store.segments import SegmentStore
 
 MIN_GRACE = timedelta(minutes=15)
 
@@ -87,6 +89,9 @@ class JobStatus:
     s3_error: str | None = None  # the last failed copy's error, while one is owed
     failing_since: datetime | None = None  # from the notification state: when the failures began
     stream: dict[str, Any] | None = None  # PITR jobs: the stream's lag, committed position, gaps (docs/pitr.md)
+    pitr_window_seconds: float | None = None  # the configured `[pitr] window`, for PITR jobs
+    pitr_window_start: datetime | None = None  # the oldest restorable instant (None: no base covered yet)
+    pitr_window_end: datetime | None = None  # the newest committed segment's last event
 
     @property
     def state(self) -> str:
@@ -230,6 +235,10 @@ def job_status(config: Config, catalog: Catalog, name: str, now: datetime) -> Jo
             st.drill_schedule = job.drill_schedule
             st.next_drill = Schedule.parse(job.drill_schedule, tz).next_after(now)
     st.stream = stream_status(config, name)
+    if name in config.pitr_windows:
+        st.pitr_window_seconds = config.pitr_windows[name]
+        w = window(Store(config.store_root).backups(name), SegmentStore(config.store_root, name).segments())
+        st.pitr_window_start, st.pitr_window_end = w.start, w.end
     return st
 
 

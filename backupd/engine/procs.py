@@ -261,3 +261,48 @@ def feed_command(
             if p.stderr is not None:
                 p.stderr.close()
     return FedResult(rcs, [list(t) for t in tails], fed)
+
+
+def feed_chain(
+    argvs: Sequence[Sequence[str]], chunks: Iterator[bytes], env: Mapping[str, str] | None = None
+) -> FedResult:
+    """Stream `chunks` into the first command of a pipeline (`a | b | ...`, stdout to the next one's stdin,
+    the last one's to /dev/null): a replay's `mariadb-binlog - | mariadb`. Same tails and kills as above."""
+    child_env = dict(env) if env is not None else None
+    procs: list[subprocess.Popen[bytes]] = []
+    drainers: list[threading.Thread] = []
+    tails: list[collections.deque[str]] = []
+    try:
+        for i, argv in enumerate(argvs):
+            last = i == len(argvs) - 1
+            stdin = procs[-1].stdout if procs else subprocess.PIPE
+            out = subprocess.DEVNULL if last else subprocess.PIPE
+            p = subprocess.Popen(list(argv), stdin=stdin, stdout=out, stderr=subprocess.PIPE, env=child_env)
+            if procs and procs[-1].stdout is not None:
+                procs[-1].stdout.close()  # the next process holds the read end now
+            procs.append(p)
+        first = procs[0]
+        assert first.stdin is not None
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(first.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+        for p in procs:
+            tail: collections.deque[str] = collections.deque(maxlen=50)
+            tails.append(tail)
+            drainers.append(threading.Thread(target=drain_lines, args=(p.stderr, tail), daemon=True))
+        for t in drainers:
+            t.start()
+        fed = _feed(first.stdin, chunks, lambda n: None, 1.0)
+        rcs = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        raise
+    finally:
+        for t in drainers:
+            t.join(timeout=5)
+        for p in procs:
+            if p.stderr is not None:
+                p.stderr.close()
+    return FedResult(rcs, [list(t) for t in tails], fed)

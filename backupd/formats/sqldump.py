@@ -52,6 +52,9 @@ _HEADER = re.compile(rb"-- (MariaDB|MySQL) dump (\d[\w.]*)(?:\s+Distrib (\S+?),|
 _USE = re.compile(rb"USE\s+(" + _IDENT + rb")\s*;", re.I)
 _HOST = re.compile(rb"-- Host: (.*?)\s+Database: ?(.*)")
 _SERVER = re.compile(rb"-- Server version\s+(.*)")
+# --master-data=2 --gtid (a PITR job's dumps): the snapshot's binlog coordinates, as comments
+_MASTER_POS = re.compile(rb"-- CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+);")
+_GTID_POS = re.compile(rb"-- SET GLOBAL gtid_slave_pos='([0-9,-]*)';")
 _TRAILER = re.compile(rb"-- Dump completed(?: on \d{4}-\d\d-\d\d [ \d]\d:\d\d:\d\d)?")
 _SANDBOX = (b"/*!999999\\- ", b"/*M!999999\\- ")
 _DUMP_HEADS = (b"-- MariaDB dump", b"-- MySQL dump")
@@ -280,7 +283,9 @@ class SqlDumpChecker(FormatChecker):
         if not stripped:
             return
         if stripped.startswith(b"--"):
-            if self._in_preamble:
+            if stripped.startswith((b"-- CHANGE MASTER TO MASTER_LOG_FILE", b"-- SET GLOBAL gtid_slave_pos")):
+                self._binlog_comment(stripped)
+            elif self._in_preamble:
                 self._preamble_comment(stripped)
             return
         self._in_preamble = False
@@ -313,6 +318,14 @@ class SqlDumpChecker(FormatChecker):
             self._facts["database"] = m.group(2).strip().decode("utf-8", "replace")
         elif m := _SERVER.match(line):
             self._facts["server_version"] = m.group(1).strip().decode("utf-8", "replace")
+
+    def _binlog_comment(self, line: bytes) -> None:
+        """The snapshot's binlog file/position and GTID position (facts binlog_file, binlog_pos, gtid)."""
+        if m := _MASTER_POS.fullmatch(line):
+            self._facts["binlog_file"] = m.group(1).decode("utf-8", "replace")
+            self._facts["binlog_pos"] = int(m.group(2))
+        elif m := _GTID_POS.fullmatch(line):
+            self._facts["gtid"] = m.group(1).decode()
 
     def _name(self, ident: bytes) -> str:
         name = _unquote(ident)

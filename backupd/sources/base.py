@@ -303,6 +303,10 @@ class PointInTime(abc.ABC, Generic[J]):
     def pitr_enabled(self, job: J) -> bool:
         """The job has point-in-time recovery switched on (e.g. `[pitr] enabled = true`)."""
 
+    def pitr_window(self, job: J) -> float:
+        """Seconds back from now that must stay restorable (`[pitr] window`): what retention keeps."""
+        return 7 * 86400.0
+
     @abc.abstractmethod
     def check_pitr(self, job: J) -> list[str]:
         """The server's side of PITR (log on, format, privileges, expiry): detail lines, warnings prefixed
@@ -335,4 +339,9 @@ DATABASE_OPTION = RestoreOption(
 )
 FILES_TO_OPTION = RestoreOption(
     "--files-to", "files_to", "where a backup's files go (wordpress; files: same as --to)", "DIR"
+)
+UNTIL_OPTION = RestoreOption(
+    "--until", "until",
+    "restore to this point: an ISO 8601 time (to UTC), a binlog position FILE:POS or a GTID D-S-N (PITR jobs)",
+    "TIME",
 )

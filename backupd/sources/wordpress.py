@@ -13,6 +13,7 @@ from backupd.sources.base import (
     DATABASE_OPTION,
     FILES_TO_OPTION,
     PASSWORD_FILE_OPTION,
+    UNTIL_OPTION,
     DrillContext,
     DrillResult,
     DumpContext,
@@ -47,7 +48,7 @@ class WordPressJob(JobBase, MirrorKeys):
 class WordPressSource(Source[WordPressJob], PointInTime[WordPressJob]):
     type = "wordpress"
     model = WordPressJob
-    restore_options = (FILES_TO_OPTION, PASSWORD_FILE_OPTION, DATABASE_OPTION)
+    restore_options = (FILES_TO_OPTION, PASSWORD_FILE_OPTION, DATABASE_OPTION, UNTIL_OPTION)
 
     def check_reachable(self, job: WordPressJob) -> list[str]:
         from backupd.sources.mysql.client import reach_mysql
@@ -107,13 +108,30 @@ class WordPressSource(Source[WordPressJob], PointInTime[WordPressJob]):
 
         stream_part(job.mysql, job.ssh, ctx)
 
+    def pitr_window(self, job: WordPressJob) -> float:
+        return float(job.mysql.pitr.window)
+
     def restore_until(
         self, job: WordPressJob, backups: list[StoredBackup], segments: SegmentStore, req: RestoreRequest,
         progress: Progress,
     ) -> list[Restored]:
-        raise UsageError("restore --until: not implemented yet")
+        """The database to the point; the files cannot be rolled forward: they come from the base backup."""
+        from backupd.sources.files.extract import directory_is_empty, restore_tar_artifacts
+        from backupd.sources.mysql.pitr import prepare_until, restore_until_sql
+
+        files_to = Path(req.option("files_to"))
+        if not directory_is_empty(files_to) and not req.yes:
+            raise BackupdError(f"restore: target directory {files_to} is not empty; use --yes to restore over it")
+        pr = prepare_until(backups, segments, req)
+        done = restore_until_sql(pr, req, progress)
+        files = restore_tar_artifacts(pr.plan.base.backup, files_to, yes=req.yes, progress=progress)
+        base = pr.plan.base.backup.backup_id
+        return done + [Restored(f"{r.artifact} (files as of base backup {base}, not rolled forward)", r.target,
+                                r.objects, r.seconds) for r in files]
 
     def pitr_drill(
         self, job: WordPressJob, backups: list[StoredBackup], segments: SegmentStore, ctx: DrillContext
     ) -> DrillResult:
-        raise UsageError("pitr drill: not implemented yet")
+        from backupd.sources.mysql.pitr import pitr_drill_sql
+
+        return pitr_drill_sql(job.drill.target, drill_password(job.mysql.password_file), backups, segments, ctx)

@@ -22,9 +22,12 @@ from backupd.settings import Config, KeepCfg
 from backupd.store.backups import MANIFEST, Store, StoredBackup, read_verdict
 from backupd.store.catalog import Catalog
 from backupd.store.locks import job_lock
+from backupd.store.pitr import Base, pruning_segments, window_keep
+from backupd.store.pitr import iso as utc_second
 from backupd.store.retention import Backup, Decision, Policy, plan
 from backupd.store.s3 import Bucket, S3Error, error_text
 from backupd.store.s3_lock import iso
+from backupd.store.segments import Segment, SegmentStore
 
 MISSING = "missing from the store (earlier prune interrupted)"
 _ID_RE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
@@ -122,7 +125,62 @@ def local_decisions(
         # state "none": made while S3 was off, so never queued for a copy; it must not be kept forever
         needs_s3 = s3_on and s3_state != "none"
         backups.append(Backup(bid, when, committed, verified, needs_s3, in_s3))
-    return plan(backups, policy_of(config.retention.local_for(job)), now, config.job_timezone(job))
+    decisions = plan(backups, policy_of(config.retention.local_for(job)), now, config.job_timezone(job))
+    window = config.pitr_windows.get(job)
+    if window is None:
+        return decisions
+    kept, _, anchor = _window_plan(store, job, window, now)
+    if anchor is None:
+        return decisions
+    reason = f"pitr window {_span(window)}: base of instants since {utc_second(anchor.taken)}"
+    return [Decision(d.backup_id, True, (*d.reasons, reason) if d.keep else (reason,)) if d.backup_id in kept else d
+            for d in decisions]
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 86400:g}d" if seconds >= 86400 else f"{seconds / 3600:g}h"
+
+
+def _window_plan(store: Store, job: str, window: float, now: datetime) -> tuple[set[str], list[Segment], Base | None]:
+    return window_keep(store.backups(job), SegmentStore(store.root, job).segments(), window, now)
+
+
+def prune_segments(
+    config: Config, store: Store, job: str, events: EventLog, *, dry_run: bool = False, now: datetime | None = None
+) -> list[PruneRow]:
+    """Retention by window for a PITR job's local segments: every segment a restore to an instant inside the
+    window needs is kept (from the position of the base that instant needs on); older ones are deleted."""
+    window = config.pitr_windows.get(job)
+    if window is None:
+        return []
+    now = now or datetime.now(UTC)
+    segments = SegmentStore(store.root, job)
+    _, prune, anchor = _window_plan(store, job, window, now)
+    if anchor is None:
+        return []
+    gone = {s.seq for s in prune}
+    rows = []
+    with pruning_segments(segments) as free:
+        for seg in segments.segments():
+            if seg.seq not in gone:
+                continue
+            why = f"ends at {seg.end}, before {anchor.pos} where base {anchor.backup.backup_id} starts the window"
+            if not free and not dry_run:
+                rows.append(PruneRow(job, f"segment {seg.seq:08d}", "binlog", True,
+                                     [why, "in use by a restore or drill: pruned next time"]))
+                continue
+            row = PruneRow(job, f"segment {seg.seq:08d}", "binlog", False, [why])
+            rows.append(row)
+            if dry_run:
+                continue
+            try:
+                segments.delete(seg)
+            except OSError as exc:
+                row.error = f"{exc.strerror or exc} ({seg.path})"
+                continue
+            row.done = True
+            events.event("pruned", job=job, step="prune", segment=seg.seq, where="binlog")
+    return rows
 
 
 def prune_local(
@@ -142,7 +200,8 @@ def prune_local(
         if n:
             events.event("reconciled", job=job, step="prune", rows=n, reason=MISSING)
     rows = []
-    for d in local_decisions(config, store, catalog, job, now):
+    decisions = local_decisions(config, store, catalog, job, now)
+    for d in decisions:
         row = PruneRow(job, d.backup_id, "local", d.keep, list(d.reasons))
         rows.append(row)
         if d.keep or dry_run:
@@ -157,7 +216,7 @@ def prune_local(
         catalog.mark_deleted(job, d.backup_id, "; ".join(d.reasons))
         row.done = True
         events.event("pruned", job=job, step="prune", backup_id=d.backup_id, where="local")
-    return rows
+    return rows + prune_segments(config, store, job, events, dry_run=dry_run, now=now)
 
 
 def s3_decisions(

@@ -8,6 +8,7 @@ from backupd.errors import UsageError
 from backupd.sources.base import (
     DATABASE_OPTION,
     PASSWORD_FILE_OPTION,
+    UNTIL_OPTION,
     DrillContext,
     DrillResult,
     DumpContext,
@@ -27,7 +28,7 @@ from backupd.store.segments import SegmentStore
 class MySQLSource(Source[MySQLJob], PointInTime[MySQLJob]):
     type = "mysql"
     model = MySQLJob
-    restore_options = (PASSWORD_FILE_OPTION, DATABASE_OPTION)
+    restore_options = (PASSWORD_FILE_OPTION, DATABASE_OPTION, UNTIL_OPTION)
 
     def check_reachable(self, job: MySQLJob) -> list[str]:
         from backupd.sources.mysql.client import reach_mysql
@@ -72,13 +73,20 @@ class MySQLSource(Source[MySQLJob], PointInTime[MySQLJob]):
 
         stream_part(job, job.ssh, ctx)
 
+    def pitr_window(self, job: MySQLJob) -> float:
+        return float(job.pitr.window)
+
     def restore_until(
         self, job: MySQLJob, backups: list[StoredBackup], segments: SegmentStore, req: RestoreRequest,
         progress: Progress,
     ) -> list[Restored]:
-        raise UsageError("restore --until: not implemented yet")
+        from backupd.sources.mysql.pitr import prepare_until, restore_until_sql
+
+        return restore_until_sql(prepare_until(backups, segments, req), req, progress)
 
     def pitr_drill(
         self, job: MySQLJob, backups: list[StoredBackup], segments: SegmentStore, ctx: DrillContext
     ) -> DrillResult:
-        raise UsageError("pitr drill: not implemented yet")
+        from backupd.sources.mysql.pitr import pitr_drill_sql
+
+        return pitr_drill_sql(job.drill.target, drill_password(job.password_file), backups, segments, ctx)

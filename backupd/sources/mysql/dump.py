@@ -26,14 +26,19 @@ from backupd.sources.mysql.config import MySQLPart
 
 SYSTEM_SCHEMAS = {"information_schema", "performance_schema", "mysql", "sys"}
 DUMP_FLAGS = ["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob"]
+# A PITR job's dumps also write the snapshot's binlog coordinates as comments. With --single-transaction
+# MariaDB takes them from the consistent snapshot (binlog_snapshot_file/position), with no global read lock
+# and no RELOAD privilege (docs/pitr.md).
+PITR_FLAGS = ["--master-data=2", "--gtid"]
 # stderr lines that are normal: MariaDB 11 warns when called by its mysql* name
 BENIGN_STDERR = re.compile(r"Deprecated program name|^Warning: Using a password", re.IGNORECASE)
 ALARMING_STDERR = re.compile(r"error|couldn't|can't|cannot|failed|denied|unknown", re.IGNORECASE)
 
 
-def dump_argv(tool: str, option_file: str, database: str) -> list[str]:
+def dump_argv(tool: str, option_file: str, database: str, pitr: bool = False) -> list[str]:
     """The option file must be the very first argument, or the client ignores it."""
-    return [tool, f"--defaults-extra-file={option_file}", *DUMP_FLAGS, "--", database]
+    flags = DUMP_FLAGS + PITR_FLAGS if pitr else DUMP_FLAGS
+    return [tool, f"--defaults-extra-file={option_file}", *flags, "--", database]
 
 
 def list_databases_argv(client: str, option_file: str) -> list[str]:
@@ -70,6 +75,7 @@ def dump_part(ctx: DumpContext, part: MySQLPart, ssh: SSHCfg | None) -> list[dic
     password = read_secret(part.password_file)
     host = host_label(part, ssh)
     opts = option_file_text(part, password).encode()
+    pitr = part.pitr.enabled
     done: list[dict[str, Any]] = []
     if part.via_ssh:
         assert ssh is not None
@@ -94,7 +100,9 @@ def dump_part(ctx: DumpContext, part: MySQLPart, ssh: SSHCfg | None) -> list[dic
             for db in databases:
                 ctx.events.event("step", step="dump", database=db, host=host)
                 with _artifact(ctx, db, host) as writer:
-                    _judge(remote_stream(conn, shlex.join(dump_argv(tool, "/dev/stdin", db)), writer, opts), db, host)
+                    argv = shlex.join(dump_argv(tool, "/dev/stdin", db, pitr))
+                    _judge(remote_stream(conn, argv, writer, opts), db, host)
+                _record_position(ctx, db, host, pitr)
                 done.append(_facts(ctx, db))
         return done
 
@@ -112,7 +120,8 @@ def dump_part(ctx: DumpContext, part: MySQLPart, ssh: SSHCfg | None) -> list[dic
         for db in databases:
             ctx.events.event("step", step="dump", database=db, host=host)
             with _artifact(ctx, db, host) as writer:
-                _judge(stream_command(dump_argv(tool, str(optfile), db), writer), db, host)
+                _judge(stream_command(dump_argv(tool, str(optfile), db, pitr), writer), db, host)
+            _record_position(ctx, db, host, pitr)
             done.append(_facts(ctx, db))
     finally:
         optfile.unlink(missing_ok=True)
@@ -124,6 +133,20 @@ def _artifact(ctx: DumpContext, database: str, host: str) -> AbstractContextMana
         database, "sql-dump", ".sql", SqlDumpChecker(), label=f"database {database}", host=host,
         extra={"database": database},
     )
+
+
+def _record_position(ctx: DumpContext, database: str, host: str, pitr: bool) -> None:
+    """A PITR job's artifact records where its snapshot stands in the binlog: replay starts there."""
+    if not pitr:
+        return
+    facts = ctx.last.check.facts if ctx.last.check else {}
+    if "binlog_file" not in facts:
+        raise StepError(
+            "dump", f"database {database}: the dump holds no binlog position (is log_bin on on the server?)",
+            host=host,
+        )
+    position = {"file": facts["binlog_file"], "pos": facts["binlog_pos"], "gtid": facts.get("gtid", "")}
+    ctx.last.extra["binlog_position"] = position
 
 
 def _facts(ctx: DumpContext, database: str) -> dict[str, Any]:
