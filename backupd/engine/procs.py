@@ -1,4 +1,6 @@
-"""Run a dump process and stream its stdout into an artifact, keeping the tail of its stderr."""
+"""The one process helper: start a tool (never through a shell), pump its stdout into an artifact or feed its
+stdin, drain its stderr into a bounded tail (and to an optional per-line callback), and kill it by the PID we
+started when we are interrupted. Also the tool finder."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -29,12 +31,19 @@ class CommandResult:
     stderr: list[str]
 
 
-def drain_lines(stream: IO[bytes], sink: collections.deque[str]) -> None:
-    """Read a process's stderr to EOF into a bounded deque (run in a thread so the pipe never fills)."""
+def drain_lines(
+    stream: IO[bytes], sink: collections.deque[str], on_line: Callable[[str], None] | None = None
+) -> None:
+    """Read a process's stderr to EOF into a bounded deque (run in a thread so the pipe never fills).
+
+    `on_line` sees every non-empty line, for tools whose stderr carries more than errors (mongodump's
+    per-collection counts), so the caller keeps what it needs without the tail growing."""
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip()
         if line:
             sink.append(line)
+            if on_line is not None:
+                on_line(line)
 
 
 def stream_command(
@@ -42,8 +51,11 @@ def stream_command(
     writer: ArtifactWriter,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    on_stderr: Callable[[str], None] | None = None,
 ) -> CommandResult:
-    """Run argv (never through a shell), pump its stdout into `writer`; kill it if we are interrupted."""
+    """Run argv (never through a shell), pump its stdout into `writer`; kill it if we are interrupted.
+
+    `on_stderr` is called with each stderr line (from the draining thread) besides the tail."""
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
@@ -56,7 +68,7 @@ def stream_command(
     with contextlib.suppress(OSError):  # a bigger pipe means fewer wake-ups; not fatal if refused
         fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
     tail: collections.deque[str] = collections.deque(maxlen=50)
-    drainer = threading.Thread(target=drain_lines, args=(proc.stderr, tail), daemon=True)
+    drainer = threading.Thread(target=drain_lines, args=(proc.stderr, tail, on_stderr), daemon=True)
     drainer.start()
     fd = proc.stdout.fileno()
     try:
@@ -74,12 +86,15 @@ def stream_command(
 
 
 def run_capture(
-    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float | None = 300
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float | None = 300, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """A short helper command (listing databases, rsync): output captured as text."""
+    """A short helper command (listing databases, rsync, one SQL statement on stdin): output captured as text.
+
+    On timeout the child is killed (by subprocess, by its PID) and TimeoutExpired raised."""
     return subprocess.run(
         list(argv),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
         capture_output=True,
         text=True,
         env=dict(env) if env is not None else None,
@@ -153,9 +168,11 @@ class FedResult:
         return self.tails[-1] if self.tails else []
 
 
-def _decompressor(path: Path) -> list[str] | None:
+def _decompressor(path: Path | Iterable[bytes]) -> list[str] | None:
     """`zstd -dc` / `gzip -dc` when installed: decompressing in its own process, straight into the tool's
-    pipe, keeps the (uncompressed, several times larger) data out of Python."""
+    pipe, keeps the (uncompressed, several times larger) data out of Python. None for chunks we are given."""
+    if not isinstance(path, Path):
+        return None
     algo = stored_codec(path)  # an encrypted artifact's codec is that of its decrypted content
     argv = {"zstd": ["zstd", "-dcq"], "gzip": ["gzip", "-dc"]}.get(algo)
     return argv if argv is not None and shutil.which(argv[0]) else None
@@ -177,17 +194,20 @@ def _feed(dest: IO[bytes], chunks: Iterator[bytes], progress: Callable[[int], No
 
 def feed_command(
     argv: Sequence[str],
-    path: Path,
+    source: Path | Iterable[bytes],
     env: Mapping[str, str] | None = None,
     progress: Callable[[int], None] = lambda n: None,
     expansion: float = 1.0,
+    on_stderr: Callable[[str], None] | None = None,
 ) -> FedResult:
     """Stream a stored artifact, decrypted and decompressed, into `argv`'s stdin (a restore's client tool).
 
     Decompression runs in a `zstd -dc` process when installed (the tool reads its stdout), else in Python.
-    stderr of every process is drained into a tail; on any exception every process we started is killed by
-    its PID. `expansion` (raw/stored bytes) scales progress when the stored bytes are what we feed."""
-    dec_argv = _decompressor(path)
+    `source` may instead be the chunks to feed as they are (a stream the caller opened). stderr of every
+    process is drained into a tail (the tool's lines also to `on_stderr`); on any exception every process we
+    started is killed by its PID. `expansion` (raw/stored bytes) scales progress when the stored bytes are
+    what we feed."""
+    dec_argv = _decompressor(source)
     child_env = dict(env) if env is not None else None
     procs: list[subprocess.Popen[bytes]] = []
     drainers: list[threading.Thread] = []
@@ -214,14 +234,17 @@ def feed_command(
         for p in procs:
             tail: collections.deque[str] = collections.deque(maxlen=50)
             tails.append(tail)
-            drainers.append(threading.Thread(target=drain_lines, args=(p.stderr, tail), daemon=True))
+            on_line = on_stderr if p is tool else None
+            drainers.append(threading.Thread(target=drain_lines, args=(p.stderr, tail, on_line), daemon=True))
         for t in drainers:
             t.start()
-        if dec is not None:
-            with open_stored(path) as fh:  # decrypted on the fly if it is encrypted
+        if not isinstance(source, Path):
+            fed = _feed(feed_to.stdin, iter(source), progress, 1.0)
+        elif dec is not None:
+            with open_stored(source) as fh:  # decrypted on the fly if it is encrypted
                 fed = _feed(feed_to.stdin, iter_chunks(fh), progress, expansion)
         else:
-            _, stream = open_decompressed(path)
+            _, stream = open_decompressed(source)
             with stream:
                 fed = _feed(feed_to.stdin, iter_chunks(stream), progress, 1.0)
         rcs = [p.wait() for p in procs]

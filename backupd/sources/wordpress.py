@@ -24,12 +24,7 @@ from backupd.sources.base import (
     drill_password,
 )
 from backupd.sources.files.config import FilesPart
-from backupd.sources.files.extract import directory_is_empty, drill_files, restore_tar_artifacts
-from backupd.sources.files.sync import sync
-from backupd.sources.mysql.client import parse_mysql_uri, reach_mysql, restore_sql_artifacts
 from backupd.sources.mysql.config import MySQLPart
-from backupd.sources.mysql.drill import drill_sql
-from backupd.sources.mysql.dump import dump_part
 from backupd.store.backups import StoredBackup
 
 
@@ -52,14 +47,21 @@ class WordPressSource(Source[WordPressJob]):
     restore_options = (FILES_TO_OPTION, PASSWORD_FILE_OPTION, DATABASE_OPTION)
 
     def check_reachable(self, job: WordPressJob) -> list[str]:
+        from backupd.sources.mysql.client import reach_mysql
+
         return reach_mysql(job.mysql, job.ssh)
 
     def dump(self, job: WordPressJob, ctx: DumpContext) -> dict[str, Any]:
+        from backupd.sources.files.sync import sync
+        from backupd.sources.mysql.dump import dump_part
+
         databases = dump_part(ctx, job.mysql, job.ssh)
         files = sync(ctx, job.files, job.ssh)
         return {"databases": databases, "files": files}
 
     def check_restore(self, job: WordPressJob, req: RestoreRequest) -> None:
+        from backupd.sources.mysql.client import parse_mysql_uri
+
         if not req.to:
             raise UsageError("restore: a wordpress job needs --to URI")
         if not req.option("files_to"):
@@ -69,6 +71,9 @@ class WordPressSource(Source[WordPressJob]):
     def restore(
         self, job: WordPressJob, backup: StoredBackup, req: RestoreRequest, progress: Progress
     ) -> list[Restored]:
+        from backupd.sources.files.extract import directory_is_empty, restore_tar_artifacts
+        from backupd.sources.mysql.client import parse_mysql_uri, restore_sql_artifacts
+
         files_to = Path(req.option("files_to"))
         if not directory_is_empty(files_to) and not req.yes:  # checked before the database is written
             raise BackupdError(f"restore: target directory {files_to} is not empty; use --yes to restore over it")
@@ -78,6 +83,9 @@ class WordPressSource(Source[WordPressJob]):
         return done + restore_tar_artifacts(backup, files_to, yes=req.yes, progress=progress)
 
     def drill(self, job: WordPressJob, backup: StoredBackup, ctx: DrillContext) -> DrillResult:
+        from backupd.sources.files.extract import drill_files
+        from backupd.sources.mysql.drill import drill_sql
+
         sql = drill_sql(job.drill.target, drill_password(job.mysql.password_file), backup, ctx)
         files = drill_files(None, backup, ctx)  # a wordpress [drill] target is the MySQL server
         return DrillResult(sql.checks + files.checks, sql.restore_seconds + files.restore_seconds)

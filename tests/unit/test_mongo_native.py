@@ -25,10 +25,6 @@ from backupd.sources.mongo.native import (
     NsRenamer,
     OplogError,
     ServerInfo,
-    _create_options,
-    _index_specs,
-    _is_view,
-    _plan,
     check_window,
     diff_to_updates,
     explain,
@@ -38,6 +34,7 @@ from backupd.sources.mongo.native import (
     oplog_start,
     strip_credentials,
 )
+from backupd.sources.mongo.native.restore import _create_options, _index_specs, _is_view, _plan
 from backupd.sources.mongo.tools import (
     cross_check,
     decide_oplog,

@@ -20,8 +20,6 @@ from backupd.sources.base import (
     artifacts,
 )
 from backupd.sources.mongo.config import MongoJob
-from backupd.sources.mongo.drill import MongoOptions, drill_mongo, mongo_restore
-from backupd.sources.mongo.tools import dump_archive, reach_mongo
 from backupd.store.backups import StoredBackup
 
 
@@ -41,9 +39,13 @@ class MongoSource(Source[MongoJob]):
     )
 
     def check_reachable(self, job: MongoJob) -> list[str]:
+        from backupd.sources.mongo.tools import reach_mongo
+
         return [reach_mongo(job)]
 
     def dump(self, job: MongoJob, ctx: DumpContext) -> dict[str, Any]:
+        from backupd.sources.mongo.tools import dump_archive
+
         return dump_archive(job, ctx)
 
     def check_restore(self, job: MongoJob, req: RestoreRequest) -> None:
@@ -53,6 +55,8 @@ class MongoSource(Source[MongoJob]):
             raise UsageError("restore: give --ns-from and --ns-to in pairs (the same number of each)")
 
     def restore(self, job: MongoJob, backup: StoredBackup, req: RestoreRequest, progress: Progress) -> list[Restored]:
+        from backupd.sources.mongo.drill import MongoOptions, mongo_restore
+
         options = MongoOptions(
             tuple(req.option("ns_from", [])),
             tuple(req.option("ns_to", [])),
@@ -68,4 +72,6 @@ class MongoSource(Source[MongoJob]):
         return done
 
     def drill(self, job: MongoJob, backup: StoredBackup, ctx: DrillContext) -> DrillResult:
+        from backupd.sources.mongo.drill import drill_mongo
+
         return drill_mongo(job, backup, ctx)

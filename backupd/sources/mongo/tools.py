@@ -9,22 +9,18 @@ with oplog replay is consistent at the dump's end.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
-import os
 import re
 import shutil
-import subprocess
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from backupd.engine.compression import open_decompressed
-from backupd.engine.pipeline import ArtifactResult, ArtifactWriter, pump
-from backupd.engine.procs import last_line
+from backupd.engine.pipeline import ArtifactResult, ArtifactWriter
+from backupd.engine.procs import feed_command, last_line, stream_command
 from backupd.errors import StepError
 from backupd.formats.mongo_archive import BinaryReader, MongoArchiveChecker
 from backupd.fsutil import write_private_file
@@ -143,60 +139,26 @@ def decide_oplog(job: MongoJob, info: ServerInfo, host: str) -> bool:
     return job.oplog
 
 
-# -- processes --------------------------------------------------------------------------------------
+# -- processes (engine/procs.py runs them) ----------------------------------------------------------
+
+FAILURE_TAIL = 20  # the stderr lines a failure message is picked from
 
 
-def _collect_stderr(stream: IO[bytes], lines: list[str], tail: collections.deque[str]) -> None:
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace").rstrip()
-        if not line:
-            continue
-        tail.append(line)
+def _count_lines() -> tuple[list[str], Callable[[str], None]]:
+    """A list and the stderr callback filling it with the tool's count lines, kept whole (the rest of stderr
+    only reaches the bounded tail, so memory stays constant)."""
+    lines: list[str] = []
+
+    def keep(line: str) -> None:
         if DONE_DUMPING.search(line) or FINISHED_RESTORING.search(line):
-            lines.append(line)  # only the count lines are kept whole: constant memory otherwise
+            lines.append(line)
 
-
-def _run_tool(
-    argv: Sequence[str], stdout: Callable[[IO[bytes]], None] | None, stdin: Callable[[IO[bytes]], None] | None
-) -> tuple[int, list[str], list[str]]:
-    """Run a Database Tools binary (never via a shell); kill it, by its own PID, if we are interrupted."""
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    counts: list[str] = []
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    drainer = threading.Thread(target=_collect_stderr, args=(proc.stderr, counts, tail), daemon=True)
-    drainer.start()
-    try:
-        if stdin is not None:
-            assert proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError):
-                stdin(proc.stdin)
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-        if stdout is not None:
-            assert proc.stdout is not None
-            stdout(proc.stdout)
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        drainer.join(timeout=5)
-        for fh in (proc.stdout, proc.stdin, proc.stderr):
-            if fh is not None:
-                with contextlib.suppress(OSError):
-                    fh.close()
-    return rc, counts, list(tail)
+    return lines, keep
 
 
 def _failure(tail: Sequence[str]) -> str:
-    bad = [x for x in tail if ERROR_LINE.search(x)] or list(tail)
+    tail = list(tail)[-FAILURE_TAIL:]
+    bad = [x for x in tail if ERROR_LINE.search(x)] or tail
     return last_line(bad).split("\t")[-1]
 
 
@@ -271,17 +233,14 @@ def _dump_mongodump(
         exclude=job.exclude,
         config_file=str(config) if config else None,
     )
+    lines, keep = _count_lines()
     try:
-
-        def drain(out: IO[bytes]) -> None:
-            pump(lambda n: os.read(out.fileno(), n), writer)
-
-        rc, lines, tail = _run_tool(argv, drain, None)
+        done = stream_command(argv, writer, on_stderr=keep)
     finally:
         if config is not None:
             config.unlink(missing_ok=True)
-    if rc != 0:
-        raise StepError("dump", f"mongodump exited {rc}: {_failure(tail)}", host=host)
+    if done.returncode != 0:
+        raise StepError("dump", f"mongodump exited {done.returncode}: {_failure(done.stderr)}", host=host)
     return parse_counts(lines)
 
 
@@ -357,14 +316,11 @@ def run_mongorestore(
             oplog_replay=oplog_replay,
             config_file=str(config) if config else None,
         )
-
-        def feed(stdin: IO[bytes]) -> None:
-            while chunk := stream.read(1 << 20):
-                stdin.write(chunk)
-
-        rc, lines, tail = _run_tool(argv, None, feed)
+        lines, keep = _count_lines()
+        done = feed_command(argv, iter(lambda: stream.read(1 << 20), b""), on_stderr=keep)
+    rc = done.returncodes[-1]
     if rc != 0:
-        raise StepError("restore", f"mongorestore exited {rc}: {_failure(tail)}", host=host)
+        raise StepError("restore", f"mongorestore exited {rc}: {_failure(done.tool_tail)}", host=host)
     failed = restore_failures(lines)
     if failed:
         where = ", ".join(f"{ns} ({n})" for ns, n in sorted(failed.items()) if ns)

@@ -17,10 +17,7 @@ from backupd.sources.base import (
     Source,
     drill_password,
 )
-from backupd.sources.mysql.client import parse_mysql_uri, reach_mysql, restore_sql_artifacts
 from backupd.sources.mysql.config import MySQLJob
-from backupd.sources.mysql.drill import drill_sql
-from backupd.sources.mysql.dump import dump_part, host_label
 from backupd.store.backups import StoredBackup
 
 
@@ -30,20 +27,30 @@ class MySQLSource(Source[MySQLJob]):
     restore_options = (PASSWORD_FILE_OPTION, DATABASE_OPTION)
 
     def check_reachable(self, job: MySQLJob) -> list[str]:
+        from backupd.sources.mysql.client import reach_mysql
+
         return reach_mysql(job, job.ssh)
 
     def dump(self, job: MySQLJob, ctx: DumpContext) -> dict[str, Any]:
+        from backupd.sources.mysql.dump import dump_part, host_label
+
         return {"host": host_label(job, job.ssh), "databases": dump_part(ctx, job, job.ssh)}
 
     def check_restore(self, job: MySQLJob, req: RestoreRequest) -> None:
+        from backupd.sources.mysql.client import parse_mysql_uri
+
         if not req.to:
             raise UsageError("restore: a mysql job needs --to URI")
         parse_mysql_uri(req.to)
 
     def restore(self, job: MySQLJob, backup: StoredBackup, req: RestoreRequest, progress: Progress) -> list[Restored]:
+        from backupd.sources.mysql.client import parse_mysql_uri, restore_sql_artifacts
+
         target = parse_mysql_uri(req.to or "")
         only = req.option("database")
         return restore_sql_artifacts(backup, target, req.password(), only=only, yes=req.yes, progress=progress)
 
     def drill(self, job: MySQLJob, backup: StoredBackup, ctx: DrillContext) -> DrillResult:
+        from backupd.sources.mysql.drill import drill_sql
+
         return drill_sql(job.drill.target, drill_password(job.password_file), backup, ctx)

@@ -6,7 +6,6 @@ import contextlib
 import re
 import shlex
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -114,7 +113,7 @@ def run_sql(client: str, optfile: Path, sql: str, host: str, database: str | Non
     argv = [client, f"--defaults-extra-file={optfile}", "-N", "-B"]
     if database:
         argv.append(f"--database={database}")
-    done = subprocess.run(argv, input=sql, capture_output=True, text=True, timeout=300, check=False)
+    done = run_capture(argv, input=sql)
     if done.returncode != 0:
         msg = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
         raise StepError("restore", msg, host=host)

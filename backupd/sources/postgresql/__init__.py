@@ -17,11 +17,7 @@ from backupd.sources.base import (
     RestoreRequest,
     Source,
 )
-from backupd.sources.postgresql.client import local_runner, parse_pg_uri
 from backupd.sources.postgresql.config import PostgresJob
-from backupd.sources.postgresql.drill import drill_postgres
-from backupd.sources.postgresql.dump import dump_postgres, reach_postgres
-from backupd.sources.postgresql.restore import PgServerSession, plan_restore, restore_databases
 from backupd.store.backups import StoredBackup
 
 
@@ -31,12 +27,18 @@ class PostgresSource(Source[PostgresJob]):
     restore_options = (PASSWORD_FILE_OPTION, DATABASE_OPTION)
 
     def check_reachable(self, job: PostgresJob) -> list[str]:
+        from backupd.sources.postgresql.dump import reach_postgres
+
         return reach_postgres(job)
 
     def dump(self, job: PostgresJob, ctx: DumpContext) -> dict[str, Any]:
+        from backupd.sources.postgresql.dump import dump_postgres
+
         return dump_postgres(job, ctx)
 
     def check_restore(self, job: PostgresJob, req: RestoreRequest) -> None:
+        from backupd.sources.postgresql.client import parse_pg_uri
+
         if not req.to:
             raise UsageError("restore: a postgresql job needs --to postgresql://user@host:port/[database]")
         parse_pg_uri(req.to)
@@ -44,6 +46,9 @@ class PostgresSource(Source[PostgresJob]):
     def restore(
         self, job: PostgresJob, backup: StoredBackup, req: RestoreRequest, progress: Progress
     ) -> list[Restored]:
+        from backupd.sources.postgresql.client import local_runner, parse_pg_uri
+        from backupd.sources.postgresql.restore import PgServerSession, plan_restore, restore_databases
+
         target = parse_pg_uri(req.to or "")
         plan = plan_restore(backup, target, req.option("database"))
         with local_runner(target.label, target.host, target.port, target.user, req.password()) as runner:
@@ -51,4 +56,6 @@ class PostgresSource(Source[PostgresJob]):
             return restore_databases(session, backup, plan, yes=req.yes, progress=progress)
 
     def drill(self, job: PostgresJob, backup: StoredBackup, ctx: DrillContext) -> DrillResult:
+        from backupd.sources.postgresql.drill import drill_postgres
+
         return drill_postgres(job, backup, ctx)

@@ -1,94 +1,33 @@
-"""mongodump ``--archive`` format: streaming verifier, writer and reader (docs/formats.md).
-
-The checker applies the rules mongorestore applies while demultiplexing (framing, per-namespace
-CRC-64/XZ at each EOF block, every prelude namespace closed) without decoding documents: a backup of
-many GB is verified at close to disk speed, and a truncated or corrupted archive is caught before it is
-committed. The writer produces the same byte layout as mongodump's multiplexer, so archives made by the
-native engine restore with the real mongorestore and pass the same checker.
-"""
+"""The streaming verifier of an uncompressed mongodump archive: framing, per-namespace CRC, closed namespaces."""
 
 from __future__ import annotations
 
-import struct
-import uuid as uuidlib
-from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NamedTuple, Protocol
+from typing import Any, ClassVar, Final
 
-import anycrc
-import bson
 from bson import json_util
-from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
 from backupd.formats.base import CheckResult, FormatChecker
-
-MAGIC: Final = b"\x6d\xe2\x99\x81"
-TERMINATOR: Final = b"\xff\xff\xff\xff"
-MIN_BSON: Final = 5
-MAX_BSON: Final = 16 * 1024 * 1024
-OPLOG_KEY: Final = "oplog"
-_U64: Final = 0xFFFF_FFFF_FFFF_FFFF
-_BATCH: Final = 1 << 20
-
-_CRC64_XZ = anycrc.Model("CRC64-XZ")  # Go's crc64.ECMA table, which is what mongodump uses
-_unpack_i32 = struct.Struct("<i").unpack_from
+from backupd.formats.mongo_archive.frames import (
+    _CRC64_XZ,
+    _U64,
+    MAGIC,
+    MAX_BSON,
+    MIN_BSON,
+    Namespace,
+    Prelude,
+    PreludeEntry,
+    _data_namespace,
+    _decode,
+    _short,
+    _unpack_i32,
+)
 
 # Parser states: what the next item must be.
 _MAGIC, _HEADER, _PRELUDE, _BLOCK, _SEGMENT, _AFTER_EOF, _FAILED = range(7)
 _PRELUDE_TYPES: Final = frozenset({"", "collection", "view", "timeseries"})
 _HEADER_CACHE_MAX: Final = 4096
-
-
-def sniff(head: bytes) -> bool:
-    """True when `head` starts with the archive magic (an uncompressed mongodump archive)."""
-    return head[:4] == MAGIC
-
-
-def crc64_xz(data: bytes, crc: int = 0) -> int:
-    """CRC-64/XZ of `data`, continuing from `crc` (the CRC of everything before it)."""
-    return int(_CRC64_XZ.calc(data, crc))
-
-
-class Namespace(NamedTuple):
-    """A data namespace as it appears in namespace headers; the oplog is db "" collection "oplog"."""
-
-    db: str
-    collection: str
-
-    @property
-    def name(self) -> str:
-        return OPLOG_KEY if self.is_oplog else f"{self.db}.{self.collection}"
-
-    @property
-    def is_oplog(self) -> bool:
-        return self.db == "" and self.collection == "oplog"
-
-
-@dataclass(frozen=True)
-class PreludeEntry:
-    """One collection-metadata document of the prelude, with its metadata parsed."""
-
-    db: str
-    collection: str
-    type: str  # as stored: "", "collection", "view" or "timeseries" ("" in old archives and for the oplog)
-    metadata_json: str
-    metadata: dict[str, Any]
-
-    @property
-    def namespace(self) -> Namespace:
-        return Namespace(self.db, self.collection)
-
-
-@dataclass(frozen=True)
-class Prelude:
-    """The archive header plus the prelude: what a restore needs before the first document."""
-
-    server_version: str
-    tool_version: str
-    concurrent_collections: int
-    format_version: str
-    entries: tuple[PreludeEntry, ...]
 
 
 @dataclass(eq=False)
@@ -106,23 +45,6 @@ class _NsState:
     crc_status: str = "unchecked"
 
 
-class ArchiveError(ValueError):
-    """Raised by the archive reader when the stream breaks a rule the checker enforces."""
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]
-
-
-def _decode(raw: bytes) -> dict[str, Any] | str:
-    """Decode one small control document; a string is the reason it could not be decoded."""
-    try:
-        doc = bson.decode(raw)
-    except Exception as exc:  # bson raises several types (InvalidBSON, UnicodeDecodeError, ...)
-        return _short(exc)
-    return dict(doc)
-
 
 def _ts_fact(raw: bytes | None) -> dict[str, int] | None:
     if raw is None:
@@ -131,20 +53,6 @@ def _ts_fact(raw: bytes | None) -> dict[str, int] | None:
     ts = doc.get("ts") if isinstance(doc, dict) else None
     return {"t": ts.time, "i": ts.inc} if isinstance(ts, Timestamp) else None
 
-
-def _version_at_least(version: str, major: int, minor: int) -> bool:
-    parts = version.lstrip("r").split(".")
-    try:
-        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
-    except (IndexError, ValueError):
-        return False
-
-
-def _data_namespace(db: str, coll: str, kind: str, server_version: str) -> Namespace:
-    """Where a prelude entry's documents live: timeseries before 8.3 are stored as their buckets."""
-    if kind == "timeseries" and not _version_at_least(server_version, 8, 3):
-        return Namespace(db, "system.buckets." + coll)
-    return Namespace(db, coll)
 
 
 class MongoArchiveChecker(FormatChecker):
@@ -539,291 +447,3 @@ class MongoArchiveChecker(FormatChecker):
             out["data_namespace"] = rec.data_ns.name
         return out
 
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def describe(result: CheckResult) -> list[str]:
-    """Human lines for `backupd inspect`: the header facts, then one line per namespace.
-
-    Errors and warnings are not repeated here; the caller prints them from the result.
-    """
-    facts, stats = result.facts, result.stats
-    lines = [
-        f"mongodump archive: server {facts.get('server_version', '?')}, "
-        f"tool {facts.get('tool_version', '?')}, {facts.get('concurrent_collections', '?')} parallel "
-        f"collections; {stats.get('documents', 0)} documents in "
-        f"{len(stats.get('namespaces', {}))} namespaces"
-    ]
-    namespaces: dict[str, dict[str, Any]] = stats.get("namespaces", {})
-    width = max((len(k) for k in namespaces), default=0)
-    for key, ns in namespaces.items():
-        line = (
-            f"  {key:<{width}}  {ns['type']:<10}  {ns['documents']:>10} docs  "
-            f"{_human_bytes(ns['bytes']):>10}  crc {ns['crc']}"
-        )
-        if "data_namespace" in ns:
-            line += f"  (data in {ns['data_namespace']})"
-        lines.append(line)
-    oplog = facts.get("oplog")
-    if oplog:
-        first, last = oplog.get("first_ts"), oplog.get("last_ts")
-        span = f"{first['t']}:{first['i']} .. {last['t']}:{last['i']}" if first and last else "unknown"
-        lines.append(f"  oplog: {oplog['entries']} entries, ts {span}")
-    return lines
-
-
-# -- writing ----------------------------------------------------------------------------------------
-
-
-class BinaryWriter(Protocol):
-    def write(self, data: bytes, /) -> object: ...
-
-
-class BinaryReader(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-
-def metadata_json(collection: str, metadata: Mapping[str, Any], type: str) -> str:
-    """The canonical Extended JSON v2 text mongodump stores for a collection (.metadata.json)."""
-    doc: dict[str, Any] = {}
-    if metadata.get("options"):
-        doc["options"] = metadata["options"]
-    doc["indexes"] = list(metadata.get("indexes") or [])
-    uuid_hex = _uuid_hex(metadata.get("uuid"))
-    if uuid_hex:
-        doc["uuid"] = uuid_hex
-    doc["collectionName"] = collection
-    if type:
-        doc["type"] = type
-    return json_util.dumps(doc, json_options=json_util.CANONICAL_JSON_OPTIONS, separators=(",", ":"))
-
-
-def _uuid_hex(value: Any) -> str | None:
-    """mongodump writes collection UUIDs as 32 lowercase hex digits without dashes."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, uuidlib.UUID):
-        return value.hex
-    if isinstance(value, bson.Binary):
-        return uuidlib.UUID(bytes=bytes(value)).hex
-    return uuidlib.UUID(str(value)).hex
-
-
-@dataclass(eq=False)
-class _WriterNs:
-    data_ns: Namespace
-    header: bytes
-    crc: int = 0
-    documents: int = 0
-    segments: int = 0
-    closed: bool = False
-
-
-class ArchiveWriter:
-    """Writes a mongodump archive to `out`, byte-compatible with mongodump's multiplexer.
-
-    Call order: add_namespace()/add_oplog() for every namespace, begin_body(), then any interleaving of
-    write_documents() and close_namespace(), then close(). Namespaces with no documents (empty
-    collections, views) still get an empty segment before their EOF block, as mongodump writes them.
-    """
-
-    def __init__(
-        self, out: BinaryWriter, server_version: str, tool_version: str, concurrent_collections: int = 1
-    ) -> None:
-        self.out = out
-        self.server_version = server_version
-        self._phase = 0  # 0 prelude, 1 body, 2 closed
-        self._by_ns: dict[Namespace, _WriterNs] = {}
-        self._records: list[_WriterNs] = []
-        self._current: _WriterNs | None = None
-        header = {
-            "concurrent_collections": concurrent_collections,
-            "version": "0.1",
-            "server_version": server_version,
-            "tool_version": tool_version,
-        }
-        out.write(MAGIC + bson.encode(header))
-
-    def add_namespace(self, db: str, coll: str, metadata: Mapping[str, Any], type: str = "collection") -> None:
-        """Add one prelude entry. `metadata` holds options/indexes/uuid as listCollections gives them."""
-        if self._phase != 0:
-            raise ValueError("add_namespace() after begin_body()")
-        ns = Namespace(db, coll)
-        if not coll:
-            raise ValueError("a namespace needs a collection name")
-        text = "" if ns.is_oplog else metadata_json(coll, metadata, type)
-        data_ns = _data_namespace(db, coll, type, self.server_version)
-        aliases = {ns, data_ns}
-        if any(a in self._by_ns for a in aliases):
-            raise ValueError(f"namespace {ns.name} added twice")
-        entry = {"db": db, "collection": coll, "metadata": text, "size": 0, "type": type}
-        self.out.write(bson.encode(entry))
-        header = bson.encode({"db": data_ns.db, "collection": data_ns.collection, "EOF": False, "CRC": Int64(0)})
-        rec = _WriterNs(data_ns=data_ns, header=header)
-        self._records.append(rec)
-        for alias in aliases:
-            self._by_ns[alias] = rec
-
-    def add_oplog(self) -> None:
-        """Add the `--oplog` namespace (db "", collection "oplog", empty metadata)."""
-        self.add_namespace("", "oplog", {}, "")
-
-    def begin_body(self) -> None:
-        """End the prelude; documents may be written from now on."""
-        if self._phase != 0:
-            raise ValueError("begin_body() called twice")
-        self.out.write(TERMINATOR)
-        self._phase = 1
-
-    def write_documents(self, db: str, coll: str, raw_docs: Iterable[bytes]) -> int:
-        """Append raw BSON documents to a namespace; returns how many were written.
-
-        Documents are checked for a matching length prefix and trailing NUL, so a bad document raises
-        here instead of producing an archive that mongorestore rejects.
-        """
-        rec = self._open(db, coll)
-        batch: list[bytes] = []
-        size = written = 0
-        for doc in raw_docs:
-            n = len(doc)
-            if n < MIN_BSON or n > MAX_BSON or int.from_bytes(doc[:4], "little") != n or doc[n - 1] != 0:
-                raise ValueError(f"not a complete BSON document ({n} bytes) for {rec.data_ns.name}")
-            batch.append(doc)
-            size += n
-            if size >= _BATCH:
-                self._emit(rec, batch)
-                written += len(batch)
-                batch, size = [], 0
-        if batch:
-            self._emit(rec, batch)
-            written += len(batch)
-        return written
-
-    def close_namespace(self, db: str, coll: str) -> None:
-        """Write the namespace's EOF block carrying its CRC; no more documents may follow for it."""
-        rec = self._open(db, coll)
-        if self._current is not None:
-            self.out.write(TERMINATOR)
-            self._current = None
-        if rec.segments == 0:
-            self.out.write(rec.header + TERMINATOR)
-        crc = rec.crc - (1 << 64) if rec.crc >= 1 << 63 else rec.crc  # stored as int64
-        ns = rec.data_ns
-        eof = bson.encode({"db": ns.db, "collection": ns.collection, "EOF": True, "CRC": Int64(crc)})
-        self.out.write(eof + TERMINATOR)
-        rec.closed = True
-
-    def close(self) -> None:
-        """Finish the archive; every namespace must have been closed. Does not close `out`."""
-        if self._phase == 0:
-            self.begin_body()
-        if self._phase == 2:
-            return
-        open_ns = [r.data_ns.name for r in self._records if not r.closed]
-        if open_ns:
-            raise ValueError(f"namespaces never closed: {', '.join(open_ns)}")
-        self._phase = 2
-
-    def stats(self) -> dict[str, int]:
-        """Documents written per data namespace (the checker reports the same counts)."""
-        return {r.data_ns.name: r.documents for r in self._records}
-
-    def _open(self, db: str, coll: str) -> _WriterNs:
-        if self._phase != 1:
-            raise ValueError("documents can only be written between begin_body() and close()")
-        rec = self._by_ns.get(Namespace(db, coll))
-        if rec is None:
-            raise ValueError(f"namespace {Namespace(db, coll).name} is not in the prelude")
-        if rec.closed:
-            raise ValueError(f"namespace {rec.data_ns.name} is already closed")
-        return rec
-
-    def _emit(self, rec: _WriterNs, batch: list[bytes]) -> None:
-        data = b"".join(batch)
-        if self._current is not rec:
-            self.out.write(rec.header if self._current is None else TERMINATOR + rec.header)
-            self._current = rec
-            rec.segments += 1
-        rec.crc = _CRC64_XZ.calc(data, rec.crc)
-        rec.documents += len(batch)
-        self.out.write(data)
-
-
-# -- reading ----------------------------------------------------------------------------------------
-
-
-def _read_exact(stream: BinaryReader, n: int) -> bytes:
-    parts: list[bytes] = []
-    while n > 0:
-        chunk = stream.read(n)
-        if not chunk:
-            break
-        parts.append(chunk)
-        n -= len(chunk)
-    return b"".join(parts)
-
-
-def _read_item(stream: BinaryReader) -> bytes:
-    """One terminator or document (or whatever is left of it at end of stream; b"" at the end)."""
-    head = _read_exact(stream, 4)
-    if len(head) < 4:
-        return head
-    size = _unpack_i32(head, 0)[0]
-    if not MIN_BSON <= size <= MAX_BSON:
-        return head  # a terminator, or a bad length the checker reports
-    return head + _read_exact(stream, size - 4)
-
-
-def open_archive(stream: BinaryReader) -> tuple[Prelude, Iterator[tuple[Namespace, bytes]]]:
-    """Read the prelude now and return it with an iterator of (data namespace, raw document).
-
-    Everything read goes through MongoArchiveChecker, so the iterator raises ArchiveError on the same
-    problems the checker reports. As in mongorestore, a namespace's CRC is known only at its EOF block,
-    after its documents have been yielded: a restore must treat data as final only when the iterator
-    has been exhausted without an error.
-    """
-    checker = MongoArchiveChecker()
-
-    def step(item: bytes) -> None:
-        """Feed one item (b"" = end of stream) and raise on the first fatal problem."""
-        if item:
-            checker.feed(item)
-        else:
-            checker.finish()
-        if checker._state == _FAILED:
-            raise ArchiveError(checker._errors[-1])
-
-    step(_read_exact(stream, 4))
-    while (prelude := checker.prelude()) is None:
-        item = _read_item(stream)
-        step(item)
-        if not item:
-            raise ArchiveError("stream ended inside the archive prelude")
-    if checker._errors:  # metadata errors do not stop the checker, but a restore cannot use them
-        raise ArchiveError(checker._errors[0])
-
-    def documents() -> Iterator[tuple[Namespace, bytes]]:
-        while True:
-            item = _read_item(stream)
-            in_segment = checker._state == _SEGMENT
-            step(item)
-            if not item:
-                return
-            if in_segment and item != TERMINATOR and checker._cur is not None:
-                yield checker._cur.data_ns, item
-
-    return prelude, documents()
-
-
-def iter_archive(stream: BinaryReader) -> Iterator[Prelude | tuple[Namespace, bytes]]:
-    """Yield the Prelude first, then (data namespace, raw BSON document) in stream order."""
-    prelude, docs = open_archive(stream)
-    yield prelude
-    yield from docs
