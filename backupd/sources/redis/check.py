@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ class RdbPass:
     """One pass over the RDB's bytes: the artifact being written (zstd + sha256 + our RDB check) and
     redis-check-rdb when installed. `verdict` is redis-check-rdb's, set when the pass ended well."""
 
-    def __init__(self, write: Any, check_rdb: CheckRdbFeed | None) -> None:
+    def __init__(self, write: Callable[[bytes], None], check_rdb: CheckRdbFeed | None) -> None:
         self._write = write
         self.check_rdb = check_rdb
         self.verdict: dict[str, Any] | None = None

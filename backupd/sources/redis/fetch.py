@@ -125,7 +125,7 @@ class FileProbe:
 
 
 def rsync_file_argv(ssh: SSHCfg | None, path: str, dest: Path, temp_dir: Path) -> list[str]:
-    """rsync of one file into the staging mirror, building the new copy in `temp_dir` (see backupd.follow).
+    """rsync of one file into the staging mirror, building the new copy in `temp_dir` (see engine/follow.py).
 
     Over SSH, --no-whole-file keeps the delta algorithm on so blocks already in the previous copy are not
     sent again. Not --inplace: an RDB that grew near its start shifts every later block to a higher offset,
