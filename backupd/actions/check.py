@@ -12,8 +12,11 @@ from backupd.store.s3 import Bucket, S3Error, error_text
 
 def check_job(config: Config, name: str) -> str:
     """The source's own reachability lines, joined; raises StepError naming host and step."""
+    from backupd.actions.stream import check_pitr
+
     job = config.job(name)
-    return ", ".join(source_for(job).check_reachable(job)) or "nothing to check"
+    lines = source_for(job).check_reachable(job) + check_pitr(config, name)
+    return ", ".join(lines) or "nothing to check"
 
 
 def identity_warnings(config: Config) -> list[str]:

@@ -242,3 +242,18 @@ def add_verify(sub: Subparsers) -> None:
     )
 
     s.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
+
+
+@command("stream")
+def cmd_stream(args: argparse.Namespace) -> int:
+    from backupd.actions.stream import stop_on_signals, stream_job
+
+    config = load(args)
+    with stop_on_signals() as stop:
+        stream_job(config, args.job, stop, events_for(config))
+    return EXIT_OK
+
+
+def add_stream(sub: Subparsers) -> None:
+    s = sub.add_parser("stream", help="archive a PITR job's binlog continuously (foreground; docs/pitr.md)")
+    s.add_argument("job", metavar="JOB")

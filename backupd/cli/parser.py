@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from backupd import __version__
 from backupd.cli.common import Subparsers
-from backupd.cli.jobs import add_drill, add_restore, add_run, add_verify
+from backupd.cli.jobs import add_drill, add_restore, add_run, add_stream, add_verify
 from backupd.cli.service import add_daemon, add_next, add_status, add_systemd_units
 from backupd.cli.setup import add_check_config, add_demo, add_notify
 from backupd.cli.store import add_catalog, add_inspect, add_list, add_prune, add_repair, add_show
@@ -30,6 +30,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_notify,
     add_check_config,
     add_catalog,
+    add_stream,
     add_daemon,
     add_systemd_units,
     add_demo,

@@ -112,6 +112,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"{j['job']}: warning: {w}")
             if j["last_drill_outcome"] == "failed" and j["last_drill_error"]:
                 print(f"{j['job']}: last drill failed: {j['last_drill_error']}")
+            if j.get("stream"):
+                print(_stream_line(j["job"], j["stream"]))
             if j["s3_enabled"]:
                 last = _when(j["s3_last_copy_at"])
                 owed = f"{j['s3_pending']} pending" if j["s3_pending"] else "in sync"
@@ -126,6 +128,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"backupd: overdue: {', '.join(overdue)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _stream_line(job: str, st: dict[str, Any]) -> str:
+    """`status`: one line per PITR stream (lag, committed position, gaps)."""
+    if st["lag_seconds"] is None:
+        return f"{job}: stream never ran (backupd stream {job})"
+    pos = st["committed"]
+    where = f"committed {pos['file']}:{pos['pos']}" if pos else "nothing committed yet"
+    gaps = f", {st['gaps']} gap(s)" if st["gaps"] else ""
+    state = "streaming" if st["running"] else "STOPPED"
+    return f"{job}: stream {state}, lag {human_age(st['lag_seconds'])}, {where}{gaps}"
 
 
 def _write_html(config: Any, path: Path, statuses: list[Any]) -> None:

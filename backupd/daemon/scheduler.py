@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from types import FrameType
 
+from backupd.actions.stream import pitr_jobs
 from backupd.config import load_config
 from backupd.daemon.plan import Entry, Planning, upcoming
 from backupd.daemon.runs import STOP_GRACE, Kind, Task
-from backupd.daemon.sdnotify import Notifier
+from backupd.daemon.sdnotify import Notifier, child_environ
+from backupd.daemon.streams import StreamSupervisor
 from backupd.daemon.watch import Watcher
 from backupd.daemon.web import HEARTBEAT, Snapshot, StatusServing
 from backupd.errors import EXIT_OK, BackupdError
@@ -56,6 +58,7 @@ class Daemon(Planning, StatusServing):
         self._next_watchdog = 0.0
         self._status_text = ""
         self.watcher = Watcher(lambda: self.config, events)
+        self.streams = StreamSupervisor(lambda: self.config.path, events, child_environ)  # PITR jobs' streams
 
     # ------------------------------------------------------------ setup
 
@@ -94,6 +97,7 @@ class Daemon(Planning, StatusServing):
             max_concurrent_jobs=self.config.settings.scheduler.max_concurrent_jobs,
         )
         self._catch_up(now, "start")
+        self.streams.update(pitr_jobs(self.config))
         self._dispatch()
         self._publish()
         self.notifier.ready(self._status_line())
@@ -103,7 +107,7 @@ class Daemon(Planning, StatusServing):
         try:
             while True:
                 self._tick()
-                if self.stopping and not self.running:
+                if self.stopping and not self.running and not self.streams.alive():
                     break
                 timeout = self._sleep_for()
                 if sel.select(timeout):
@@ -129,6 +133,7 @@ class Daemon(Planning, StatusServing):
         self._reap()
         if self.stopping:
             self._stop_children(mono)
+            self.streams.stop_all(mono, force=self.force_kill)
         else:
             if self.reload_requested:
                 self.reload_requested = False
@@ -140,13 +145,14 @@ class Daemon(Planning, StatusServing):
                 self._catch_up(now, "clock jump")
             self._fire_due(now)
             self._dispatch()
+        self.streams.tick(mono)
         self._enforce_timeouts(mono)
         self._publish()
         self._ping_watchdog(mono)
 
     def _sleep_for(self) -> float:
         wall, mono = time.time(), time.monotonic()
-        waits = [HEARTBEAT]
+        waits = [HEARTBEAT, self.streams.next_wake(mono)]
         if self.notifier.watchdog_interval:
             waits.append(self._next_watchdog - mono)
         if not self.stopping:
@@ -174,6 +180,7 @@ class Daemon(Planning, StatusServing):
         self._catalog_reset()
         self._build_entries(now)
         self.queue = [t for t in self.queue if (t.job, t.kind) in self.entries]
+        self.streams.update(pitr_jobs(new))
         self.events.event("reloaded", jobs=len(new.jobs))
 
     def _ping_watchdog(self, mono: float) -> None:

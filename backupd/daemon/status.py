@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from backupd.actions.stream import stream_status
 from backupd.schedule import Schedule
 from backupd.settings import Config
 from backupd.store.backups import Store
@@ -85,6 +86,7 @@ class JobStatus:
     s3_last_copy_at: datetime | None = None
     s3_error: str | None = None  # the last failed copy's error, while one is owed
     failing_since: datetime | None = None  # from the notification state: when the failures began
+    stream: dict[str, Any] | None = None  # PITR jobs: the stream's lag, committed position, gaps (docs/pitr.md)
 
     @property
     def state(self) -> str:
@@ -227,6 +229,7 @@ def job_status(config: Config, catalog: Catalog, name: str, now: datetime) -> Jo
         if job.drill_schedule:
             st.drill_schedule = job.drill_schedule
             st.next_drill = Schedule.parse(job.drill_schedule, tz).next_after(now)
+    st.stream = stream_status(config, name)
     return st
 
 

@@ -291,6 +291,7 @@ class StreamContext:
     events: EventLog
     stop: threading.Event  # set on SIGTERM: commit the open segment, then return
     recipients: list[str] = field(default_factory=list)  # age public keys segments are encrypted to
+    on_gap: Callable[[str, dict[str, Any]], None] | None = None  # (reason, details): the `pitr_gap` notification
 
 
 class PointInTime(abc.ABC, Generic[J]):

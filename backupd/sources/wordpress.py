@@ -17,15 +17,18 @@ from backupd.sources.base import (
     DrillResult,
     DumpContext,
     MirrorKeys,
+    PointInTime,
     Progress,
     Restored,
     RestoreRequest,
     Source,
+    StreamContext,
     drill_password,
 )
 from backupd.sources.files.config import FilesPart
 from backupd.sources.mysql.config import MySQLPart
 from backupd.store.backups import StoredBackup
+from backupd.store.segments import SegmentStore
 
 
 class WordPressJob(JobBase, MirrorKeys):
@@ -41,7 +44,7 @@ class WordPressJob(JobBase, MirrorKeys):
         return self
 
 
-class WordPressSource(Source[WordPressJob]):
+class WordPressSource(Source[WordPressJob], PointInTime[WordPressJob]):
     type = "wordpress"
     model = WordPressJob
     restore_options = (FILES_TO_OPTION, PASSWORD_FILE_OPTION, DATABASE_OPTION)
@@ -89,3 +92,28 @@ class WordPressSource(Source[WordPressJob]):
         sql = drill_sql(job.drill.target, drill_password(job.mysql.password_file), backup, ctx)
         files = drill_files(None, backup, ctx)  # a wordpress [drill] target is the MySQL server
         return DrillResult(sql.checks + files.checks, sql.restore_seconds + files.restore_seconds)
+
+    # -- point-in-time recovery (docs/pitr.md): the site's database, through its MySQL part
+    def pitr_enabled(self, job: WordPressJob) -> bool:
+        return job.mysql.pitr.enabled
+
+    def check_pitr(self, job: WordPressJob) -> list[str]:
+        from backupd.sources.mysql.stream import check_pitr_part
+
+        return check_pitr_part(job.mysql, job.ssh)
+
+    def stream(self, job: WordPressJob, ctx: StreamContext) -> None:
+        from backupd.sources.mysql.stream import stream_part
+
+        stream_part(job.mysql, job.ssh, ctx)
+
+    def restore_until(
+        self, job: WordPressJob, backups: list[StoredBackup], segments: SegmentStore, req: RestoreRequest,
+        progress: Progress,
+    ) -> list[Restored]:
+        raise UsageError("restore --until: not implemented yet")
+
+    def pitr_drill(
+        self, job: WordPressJob, backups: list[StoredBackup], segments: SegmentStore, ctx: DrillContext
+    ) -> DrillResult:
+        raise UsageError("pitr drill: not implemented yet")

@@ -48,7 +48,7 @@ def installed_copy(tmp_path: Path) -> Path:
 def test_units_verify(tmp_path: Path) -> None:
     units = installed_copy(tmp_path)
     names = sorted(str(p) for p in units.iterdir())
-    assert len(names) == 9  # backupd, run@, drill@, verify and notify (service + timer each but backupd)
+    assert len(names) == 10  # backupd, run@, drill@, verify and notify (service + timer each but backupd), stream@
     result = analyze("verify", *names)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
@@ -57,7 +57,7 @@ def test_units_verify(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "unit",
     ["backupd.service", "backupd-run@.service", "backupd-drill@.service", "backupd-verify.service",
-     "backupd-notify.service"],
+     "backupd-notify.service", "backupd-stream@.service"],
 )
 def test_units_security_exposure(unit: str) -> None:
     result = analyze("security", "--offline=yes", str(UNITS / unit))
@@ -74,6 +74,19 @@ def test_daemon_unit_contract() -> None:
     timer = (UNITS / "backupd-run@.timer").read_text()
     assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer
     assert "SuccessExitStatus=75" in (UNITS / "backupd-run@.service").read_text()
+
+
+def test_stream_unit_contract() -> None:
+    """backupd-stream@ runs `backupd stream %i` for good, with the run unit's user, paths and hardening."""
+    run = _settings((UNITS / "backupd-run@.service").read_text())
+    stream = _settings((UNITS / "backupd-stream@.service").read_text())
+    assert "ExecStart=/usr/local/bin/backupd --config /etc/backupd/backupd.toml stream %i" in stream
+    assert "Restart=always" in stream and "SuccessExitStatus=75" in stream and "KillMode=mixed" in stream
+    same = {"User", "Group", "StateDirectory", "UMask", "ProtectSystem", "SystemCallFilter", "PrivateUsers",
+            "RestrictAddressFamilies", "NoNewPrivileges", "MemoryDenyWriteExecute"}
+    for line in run:
+        if line.split("=")[0] in same:
+            assert line in stream, line
 
 
 def test_notify_unit_contract() -> None:

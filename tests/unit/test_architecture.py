@@ -55,6 +55,8 @@ SPAWN_ALLOWED: dict[str, str] = {
     "backupd.daemon.runs": "the daemon's own `backupd run/drill/verify` children: started in a session of "
     "their own and supervised for the whole run (polled, stopped by killpg of the session we started), not a "
     "tool whose output is pumped",
+    "backupd.daemon.streams": "the daemon's own `backupd stream JOB` children, one per PITR job: supervised like "
+    "the scheduler's (restarted with backoff, stopped by killpg of the session we started)",
     "backupd.sources.postgresql.restore": "psql given a script on stdin; a change in flight on the PostgreSQL "
     "source moves it",
 }

@@ -11,17 +11,20 @@ from backupd.sources.base import (
     DrillContext,
     DrillResult,
     DumpContext,
+    PointInTime,
     Progress,
     Restored,
     RestoreRequest,
     Source,
+    StreamContext,
     drill_password,
 )
 from backupd.sources.mysql.config import MySQLJob
 from backupd.store.backups import StoredBackup
+from backupd.store.segments import SegmentStore
 
 
-class MySQLSource(Source[MySQLJob]):
+class MySQLSource(Source[MySQLJob], PointInTime[MySQLJob]):
     type = "mysql"
     model = MySQLJob
     restore_options = (PASSWORD_FILE_OPTION, DATABASE_OPTION)
@@ -54,3 +57,28 @@ class MySQLSource(Source[MySQLJob]):
         from backupd.sources.mysql.drill import drill_sql
 
         return drill_sql(job.drill.target, drill_password(job.password_file), backup, ctx)
+
+    # -- point-in-time recovery (docs/pitr.md)
+    def pitr_enabled(self, job: MySQLJob) -> bool:
+        return job.pitr.enabled
+
+    def check_pitr(self, job: MySQLJob) -> list[str]:
+        from backupd.sources.mysql.stream import check_pitr_part
+
+        return check_pitr_part(job, job.ssh)
+
+    def stream(self, job: MySQLJob, ctx: StreamContext) -> None:
+        from backupd.sources.mysql.stream import stream_part
+
+        stream_part(job, job.ssh, ctx)
+
+    def restore_until(
+        self, job: MySQLJob, backups: list[StoredBackup], segments: SegmentStore, req: RestoreRequest,
+        progress: Progress,
+    ) -> list[Restored]:
+        raise UsageError("restore --until: not implemented yet")
+
+    def pitr_drill(
+        self, job: MySQLJob, backups: list[StoredBackup], segments: SegmentStore, ctx: DrillContext
+    ) -> DrillResult:
+        raise UsageError("pitr drill: not implemented yet")
