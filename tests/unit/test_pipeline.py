@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,22 @@ def test_store_commit_is_atomic_and_private(tmp_path: Path) -> None:
     bid2, partial2 = store.new_partial("job", when)
     assert bid2 == "20261128T120001Z"
     assert store.sweep_partials("job") == [partial2]
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd CLI is not installed")
+def test_zstd_worker_output_is_one_checksummed_frame(tmp_path: Path) -> None:
+    """zstd compresses in its own worker thread, in jobs (engine/compression.py): the stored file must still
+    be one frame with a content checksum that the zstd CLI accepts, and a flipped byte must fail it."""
+    payload = b"".join(b"%d\tsome row text %d\n" % (i, i * 7) for i in range(600_000))  # ~14 MB: several jobs
+    w = ArtifactWriter(tmp_path, "data", "test", ".bin", algorithm="zstd", level=3)
+    for i in range(0, len(payload), 1 << 20):
+        w.write(payload[i : i + (1 << 20)])
+    res = w.close()
+    path = tmp_path / res.file
+    stored = path.read_bytes()
+    assert zstandard.get_frame_parameters(stored).has_checksum
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(stored) == payload
+    assert subprocess.run(["zstd", "-tq", str(path)], capture_output=True).returncode == 0
+    bad = tmp_path / "bad.zst"
+    bad.write_bytes(stored[: len(stored) // 2] + bytes([stored[len(stored) // 2] ^ 1]) + stored[len(stored) // 2 + 1 :])
+    assert subprocess.run(["zstd", "-tq", str(bad)], capture_output=True).returncode != 0
