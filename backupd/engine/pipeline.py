@@ -22,7 +22,7 @@ from backupd.engine.compression import EXTENSIONS, compressor
 from backupd.engine.crypto import AGE_EXT, EncryptStage, fingerprint
 from backupd.formats.base import CheckResult, FormatChecker
 
-QUEUE_CHUNKS = 16  # at most ~16 MiB in flight
+QUEUE_CHUNKS = 8  # at most ~8 MiB in flight here, plus what zstd's worker holds (a few 2 MiB jobs)
 FILE_MODE = 0o600
 
 
