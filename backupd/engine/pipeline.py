@@ -143,10 +143,12 @@ class ArtifactWriter:
             self._written += len(data)
 
     def _work(self) -> None:
+        stopped = False
         try:
             while True:
                 item = self._queue.get()
                 if item is _STOP:
+                    stopped = True  # zstd's worker may hold most of the output until this flush
                     self._emit(self._compressor.flush())
                     if self._encrypt is not None:
                         self._encrypt.close()
@@ -158,8 +160,8 @@ class ArtifactWriter:
             if self._encrypt is not None:
                 with contextlib.suppress(BaseException):
                     self._encrypt.close()
-            # keep draining so the producer never blocks on a full queue
-            while self._queue.get() is not _STOP:
+            # keep draining so the producer never blocks on a full queue (unless the stop was taken already)
+            while not stopped and self._queue.get() is not _STOP:
                 pass
 
     def write(self, data: bytes) -> None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,31 @@ def test_zstd_worker_output_is_one_checksummed_frame(tmp_path: Path) -> None:
     bad = tmp_path / "bad.zst"
     bad.write_bytes(stored[: len(stored) // 2] + bytes([stored[len(stored) // 2] ^ 1]) + stored[len(stored) // 2 + 1 :])
     assert subprocess.run(["zstd", "-tq", str(bad)], capture_output=True).returncode != 0
+
+
+WRITE_FAILS_AT_FLUSH = """
+import os, resource, signal, sys
+from pathlib import Path
+from backupd.engine.pipeline import ArtifactWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+w = ArtifactWriter(Path(sys.argv[1]), "data", "test", ".bin")
+w.write(os.urandom(1 << 20))  # zstd's worker keeps most of this until the final flush
+try:
+    w.close()
+except OSError as exc:
+    w.abort()
+    print("failed:", exc.strerror)
+"""
+
+
+def test_a_write_error_in_the_final_flush_is_raised_not_hung(tmp_path: Path) -> None:
+    """The file limit is hit while the last compressed bytes are written (after the stop was queued): close()
+    must raise that error, and abort() remove the file, instead of waiting forever for a second stop."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_FAILS_AT_FLUSH, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "failed: File too large"
+    assert list(tmp_path.iterdir()) == []
