@@ -96,7 +96,8 @@ def run_capture(
         stdin=subprocess.DEVNULL if input is None else None,
         input=input,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",  # a tool's message in another encoding must not turn into a traceback
         env=dict(env) if env is not None else None,
         timeout=timeout,
         check=False,
