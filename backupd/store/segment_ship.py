@@ -19,8 +19,8 @@ from backupd.settings import Config
 from backupd.store.locks import job_lock
 from backupd.store.s3 import Bucket
 from backupd.store.s3_base import S3Error, error_text
-from backupd.store.s3_segments import copy_segment, pending
-from backupd.store.segments import SegmentStore
+from backupd.store.s3_segments import check_segment_copy, copy_segment, pending
+from backupd.store.segments import SEGMENTS_DIR, SegmentStore
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -48,6 +48,8 @@ def ship_pending(config: Config, job: str, events: EventLog, bucket: Bucket | No
             return 0, [str(exc)]
         for seg in pending(segments):
             try:
+                if not copied:  # what a killed shipper left half-uploaded (we hold the shippers' lock)
+                    _abort_stale(bucket, job)
                 record = copy_segment(bucket, job, seg)
             except S3Error as exc:
                 events.event("s3_failed", job=job, step="s3", segment=seg.seq, error=exc.reason)
@@ -58,6 +60,38 @@ def ship_pending(config: Config, job: str, events: EventLog, bucket: Bucket | No
             copied += 1
             events.event("s3_copied", job=job, step="s3", segment=seg.seq, bucket=bucket.name, key=record["key"])
     return copied, []
+
+
+def _abort_stale(bucket: Bucket, job: str) -> None:
+    try:
+        bucket.abort_stale_uploads(job, under=f"{SEGMENTS_DIR}/")
+    except Exception as exc:  # the bucket cannot be reached: one line, the segments stay pending
+        raise S3Error(f"aborting stale uploads under {bucket.url(bucket.key(job, SEGMENTS_DIR))}: {error_text(exc)}",
+                      job=job) from exc  # fmt: skip
+
+
+def verify_segments(config: Config, job: str, events: EventLog, bucket: Bucket) -> tuple[str, list[str]]:
+    """`verify --s3` for a PITR job: ship what is pending, then HEAD-check every copied segment. A copy that
+    fails its check loses its `.s3.json`, so it is pending again and shipped anew (as a failed backup copy
+    is). Returns (what was done, problems)."""
+    try:
+        copied, errors = ship_pending(config, job, events, bucket)
+    except LockedError:
+        copied, errors = 0, []  # the stream's shipper is at it
+    if errors:
+        return "failed", errors
+    segments = [s for s in SegmentStore(config.store_root, job).segments() if s.s3_record() is not None]
+    problems: list[str] = []
+    for seg in segments:
+        try:
+            found = check_segment_copy(bucket, job, seg)
+        except Exception as exc:
+            return "failed", [*problems, f"checking segment {seg.seq:08d}: {error_text(exc)}"]
+        if found:
+            problems.extend(found)
+            seg.s3_record_path.unlink(missing_ok=True)
+            events.event("s3_failed", job=job, step="verify-s3", segment=seg.seq, error=found[0])
+    return f"{len(segments)} segment(s) checked, {copied} copied", problems
 
 
 def pending_count(config: Config, job: str) -> int:
