@@ -322,7 +322,9 @@ def prune_s3_segments(
 ) -> list[PruneRow]:  # fmt: skip
     """S3 retention of a PITR job's segments: delete one only when it ends at or before the position of the
     oldest base still in S3 (no kept base rolls forward through it) and its last event is older than the
-    window. Object Lock as for backup copies: a live lock plans the deletion, a refusal is a warning."""
+    window. Object Lock as for backup copies: a live lock plans the deletion, a refusal is a warning.
+    Walks from the oldest segment and stops at the first one that stays, so a long S3 history costs one
+    manifest read per segment deleted, not per segment kept."""
     now = now or datetime.now(UTC)
     store = Store(config.store_root)
     positions = [_base_position(catalog, store, job, bid) for bid in kept]
@@ -349,7 +351,7 @@ def prune_s3_segments(
             events.event("warning", job=job, step="s3-prune", segment=seq, error=error_text(exc))
             continue
         if not (end <= anchor and last < edge):
-            continue
+            break  # later segments are later in the log: none of them may go either (and need no GET)
         row = PruneRow(job, f"segment {seq:08d}", "s3", False,
                        [f"ends at {end}, at or before {anchor} where the oldest base in S3 starts, outside the"
                         f" window {_span(config.pitr_windows[job])}"])  # fmt: skip
