@@ -167,14 +167,19 @@ def read_remote_manifest(bucket: Bucket, rs: RemoteSegment) -> dict[str, Any]:
 def fetch_segments(bucket: Bucket, store_root: Path, job: str) -> tuple[int, list[str]]:
     """Disaster recovery: download every complete segment of `job` the local store lacks, each checked
     against its manifest's size and sha256 on arrival (temp name, fsync, rename, manifest last), with its
-    `.s3.json` record, so it is not copied again. Returns (fetched, problems); a bad one is not committed."""
+    `.s3.json` record, so it is not copied again; a local segment that lost its record gets it back when
+    its copy passes the check. Returns (fetched, problems); a bad one is not committed."""
     segments = SegmentStore(store_root, job)
-    have = {s.seq for s in segments.segments()}
+    have = {s.seq: s for s in segments.segments()}
     fetched, problems = 0, []
     for seq, rs in sorted(list_segments(bucket, job).items()):
-        if seq in have or not rs.complete:
+        if not rs.complete:
             continue
         try:
+            if seq in have:
+                if have[seq].s3_record() is None:
+                    _record_from_bucket(bucket, job, have[seq], rs)
+                continue
             problem = _fetch_one(bucket, segments, rs)
         except S3Error as exc:
             problem = exc.reason
@@ -212,19 +217,51 @@ def _fetch_one(bucket: Bucket, segments: SegmentStore, rs: RemoteSegment) -> str
     write_private_file(segments.dir / f"{rs.seq:08d}{MANIFEST_SUFFIX}", bucket.body(rs.manifest_key).read())
     fsync_dir(segments.dir)
     seg = Segment(rs.seq, final, manifest)
-    versions = {k: str(h["VersionId"]) for k, h in ((name, dhead), (seg.manifest_path.name, mhead))
-                if h and h.get("VersionId") and h["VersionId"] != "null"}  # fmt: skip
-    lock = None
-    if dhead and dhead.get("ObjectLockMode") and dhead.get("ObjectLockRetainUntilDate"):
-        until = dhead["ObjectLockRetainUntilDate"]
-        lock = {"mode": dhead["ObjectLockMode"], "until": iso(until if isinstance(until, datetime) else
-                                                              datetime.fromisoformat(str(until)))}  # fmt: skip
     _write_record(seg, {
-        "bucket": bucket.name, "key": rs.data_key, "versions": versions, "lock": lock,
+        "bucket": bucket.name, "key": rs.data_key, "versions": _versions(seg, dhead, mhead), "lock": _lock_of(dhead),
         "checksums": {name: str((dhead or {}).get("ChecksumSHA256") or "")},
         "copied_at": None, "fetched_at": iso(datetime.now(UTC)),
     })  # fmt: skip
     return None
+
+
+def _record_from_bucket(bucket: Bucket, job: str, seg: Segment, rs: RemoteSegment) -> None:
+    """A local segment whose `.s3.json` is lost: when the bucket's current objects pass the copy's check
+    (size, sha256, S3's checksum of the local bytes), the record is written again from their HEADs; else
+    it stays pending and is shipped anew."""
+    assert rs.data_key is not None and rs.manifest_key is not None
+    if seg.manifest.get("unreadable") or check_segment(seg):
+        return
+    dhead, mhead = bucket.head(rs.data_key), bucket.head(rs.manifest_key)
+    if dhead is None or mhead is None:
+        return
+    size, digest = int(seg.manifest["bytes"]), str(seg.manifest["sha256"])
+    found, reported = bucket.check_object(rs.data_key, size, digest, file_checksum(seg.path, size, digest),
+                                          dhead.get("VersionId") if dhead.get("VersionId") != "null" else None)
+    data = seg.manifest_path.read_bytes()
+    mdigest = hashlib.sha256(data).hexdigest()
+    more, mreported = bucket.check_object(rs.manifest_key, len(data), mdigest, b64_sha256_of_hex(mdigest),
+                                          mhead.get("VersionId") if mhead.get("VersionId") != "null" else None)
+    if found or more:
+        return
+    _write_record(seg, {
+        "bucket": bucket.name, "key": rs.data_key, "versions": _versions(seg, dhead, mhead), "lock": _lock_of(dhead),
+        "checksums": {seg.path.name: reported, seg.manifest_path.name: mreported},
+        "copied_at": None, "recorded_at": iso(datetime.now(UTC)),
+    })  # fmt: skip
+
+
+def _versions(seg: Segment, dhead: dict[str, Any] | None, mhead: dict[str, Any] | None) -> dict[str, str]:
+    return {k: str(h["VersionId"]) for k, h in ((seg.path.name, dhead), (seg.manifest_path.name, mhead))
+            if h and h.get("VersionId") and h["VersionId"] != "null"}  # fmt: skip
+
+
+def _lock_of(head: dict[str, Any] | None) -> dict[str, str] | None:
+    if not head or not head.get("ObjectLockMode") or not head.get("ObjectLockRetainUntilDate"):
+        return None
+    until = head["ObjectLockRetainUntilDate"]
+    when = until if isinstance(until, datetime) else datetime.fromisoformat(str(until).replace("Z", "+00:00"))
+    return {"mode": str(head["ObjectLockMode"]), "until": iso(when)}
 
 
 def segment_locked_until(bucket: Bucket, job: str, seq: int, now: datetime) -> datetime | None:
