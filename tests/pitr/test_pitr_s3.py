@@ -250,6 +250,11 @@ def test_s3_keeps_what_its_bases_need_and_local_prune_waits_for_the_copy(
     rc, out, err = run_cli(capsys, "--config", str(cfg), "prune", "--dry-run")
     assert rc == 0, err  # now: everything is inside the window
     assert not [x for x in out.splitlines() if "segment" in x and " s3 " in x]
+    rows_, errors = prune_jobs(config, [JOB], events, dry_run=True, now=later)
+    planned = {int(r.backup_id.split()[1]) for r in rows_ if r.backup_id.startswith("segment") and r.where == "s3"
+               and r.action == "delete"}
+    assert planned == expect and not errors
+    assert len(list_segments(bucket_of(cfg), JOB)) == len(w.segments())  # a dry run deletes nothing
     rows_, errors = prune_jobs(config, [JOB], events, now=later)
     assert not errors
     gone = {int(r.backup_id.split()[1]) for r in rows_ if r.where == "s3" and r.backup_id.startswith("segment")}
