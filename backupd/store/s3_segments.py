@@ -89,7 +89,7 @@ def copy_segment(bucket: Bucket, job: str, seg: Segment) -> dict[str, Any]:
         if found:
             raise S3Error(f"copy of segment {seg.seq:08d} failed its check: {found[0]}", job=job)
         sums[man_name] = reported
-        locks = [bucket.locks[k] for k in (key, mkey) if k in bucket.locks]
+        locks = [bucket.locks.pop(k) for k in (key, mkey) if k in bucket.locks]  # a long stream: do not pile up
         lock = min(locks, key=lambda lk: lk.until) if locks else None
         record = {
             "bucket": bucket.name, "key": key, "versions": versions, "checksums": sums,
