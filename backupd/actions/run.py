@@ -34,6 +34,7 @@ from backupd.store.catalog import Catalog
 from backupd.store.locks import job_lock
 from backupd.store.prune import prune_hook, s3_prune_hook
 from backupd.store.s3_sync import copy_hook
+from backupd.store.segment_ship import segment_copy_hook
 
 
 @dataclass
@@ -267,4 +268,4 @@ def after_commit(
 
 AfterCommit = Callable[[Config, str, StoredBackup, Catalog, EventLog], None]
 # S3 copy first (a backup not yet in S3 is never pruned), then local retention, then S3 retention.
-AFTER_COMMIT_HOOKS: tuple[AfterCommit, ...] = (copy_hook, prune_hook, s3_prune_hook)
+AFTER_COMMIT_HOOKS: tuple[AfterCommit, ...] = (copy_hook, segment_copy_hook, prune_hook, s3_prune_hook)

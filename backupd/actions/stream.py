@@ -19,6 +19,7 @@ from backupd.settings import Config
 from backupd.sources import source_for
 from backupd.sources.base import PointInTime, StreamContext
 from backupd.store.locks import job_lock
+from backupd.store.segment_ship import SegmentShipper, pending_count
 from backupd.store.segments import SegmentStore
 from backupd.store.stream_state import lag_seconds, read_state, stream_lock_name, stream_running
 
@@ -59,6 +60,7 @@ def stream_status(config: Config, name: str) -> dict[str, Any] | None:
         "server": st.get("server"),
         "gaps": int(st.get("gaps", 0)),
         "last_gap": st.get("last_gap"),
+        "s3_pending": pending_count(config, name) if config.settings.s3.enabled else None,
     }
 
 
@@ -114,8 +116,16 @@ def stream_job(config: Config, name: str, stop: threading.Event, events: EventLo
             recipients=config.recipients_for(name),
             on_gap=lambda reason, details: _notify_gap(config, events, name, reason, details),
         )
+        shipper = SegmentShipper(config, name, events) if config.settings.s3.enabled else None
+        if shipper is not None:
+            ctx.on_commit = lambda seg: shipper.wake()
+            shipper.start()
         events.event("pitr_stream_started", job=name)
-        source.stream(job, ctx)
+        try:
+            source.stream(job, ctx)
+        finally:
+            if shipper is not None:
+                shipper.stop()
         events.event("pitr_stream_stopped", job=name)
     finally:
         lock.__exit__(None, None, None)

@@ -142,7 +142,9 @@ def _stream_line(job: str, st: dict[str, Any]) -> str:
     where = f"committed {pos['file']}:{pos['pos']}" if pos else "nothing committed yet"
     gaps = f", {st['gaps']} gap(s)" if st["gaps"] else ""
     state = "streaming" if st["running"] else "STOPPED"
-    return f"{job}: stream {state}, lag {human_age(st['lag_seconds'])}, {where}{gaps}"
+    owed = st.get("s3_pending")
+    s3 = "" if owed is None else (f", {owed} segment(s) pending for s3" if owed else ", segments in s3")
+    return f"{job}: stream {state}, lag {human_age(st['lag_seconds'])}, {where}{gaps}{s3}"
 
 
 def _write_html(config: Any, path: Path, statuses: list[Any]) -> None:

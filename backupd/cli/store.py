@@ -322,7 +322,7 @@ def _rebuild_catalog(args: argparse.Namespace, config: Any) -> int:
             f"catalog rebuilt: {n_local} backup{'s' if n_local != 1 else ''} from {config.store_root}, "
             f"{n_s3} from s3://{s3.bucket}/{s3.prefix}"
         )
-        return EXIT_OK
+        return _fetch_segments(config)
     catalog = open_catalog(config)
     try:
         n = catalog.rebuild(Store(config.store_root))
@@ -330,6 +330,29 @@ def _rebuild_catalog(args: argparse.Namespace, config: Any) -> int:
         catalog.close()
     print(f"catalog rebuilt from {config.store_root}: {n} backup{'s' if n != 1 else ''}")
     return EXIT_OK
+
+
+def _fetch_segments(config: Any) -> int:
+    """`--from-s3`, PITR jobs: the binlog segments the store lacks come down from the bucket (each checked
+    against its manifest on arrival), so `restore --until` works on a new machine (docs/pitr.md)."""
+    from backupd.store.s3 import Bucket
+    from backupd.store.s3_base import S3Error, error_text
+    from backupd.store.s3_segments import fetch_segments
+
+    rc = EXIT_OK
+    bucket = Bucket(config.settings.s3)
+    for job in sorted(config.pitr_windows):
+        try:
+            n, problems = fetch_segments(bucket, config.store_root, job)
+        except S3Error:
+            raise
+        except Exception as exc:
+            raise S3Error(f"fetching the segments of job {job}: {error_text(exc)}", job=job) from exc
+        print(f"{job}: {n} binlog segment{'s' if n != 1 else ''} fetched from s3")
+        for line in problems:
+            print(f"backupd: job {job}: segment not fetched: {line}", file=sys.stderr)
+            rc = EXIT_FAILED
+    return rc
 
 
 def add_catalog(sub: Subparsers) -> None:

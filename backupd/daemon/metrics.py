@@ -74,12 +74,15 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
     pitr_gaps = CounterMetricFamily("backupd_pitr_gaps", "PITR stream: gaps found (binlog lost before it was streamed)",
                                     labels=["backup_job"])
     pitr_up = gauge("backupd_pitr_stream_running", "1 while the job's PITR stream holds its lock")
+    pitr_s3 = gauge("backupd_pitr_s3_pending", "PITR: committed binlog segments not yet copied to S3")
     for st in jobs:
         if st.stream is not None:
             if st.stream["lag_seconds"] is not None:
                 pitr_lag.add_metric([st.job], float(st.stream["lag_seconds"]))
             pitr_gaps.add_metric([st.job], float(st.stream["gaps"]))
             pitr_up.add_metric([st.job], 1.0 if st.stream["running"] else 0.0)
+            if st.stream.get("s3_pending") is not None:
+                pitr_s3.add_metric([st.job], float(st.stream["s3_pending"]))
         for where in ("local", "s3"):
             verify_failures.add_metric([st.job, where], float(st.verify_failures.get(where, 0)))
         pairs: list[tuple[GaugeMetricFamily, Any]] = [
@@ -104,7 +107,7 @@ def job_metrics(jobs: list[JobStatus]) -> list[Metric]:
         for outcome in OUTCOMES:
             runs.add_metric([st.job, outcome], float(st.runs_total.get(outcome, 0)))
     return [last_ok, duration, size, overdue, next_run, drill_ok, drill_dur, last_failed, running, runs, s3_pending,
-            s3_ok, verify_ok, unverified, verify_failures, pitr_lag, pitr_gaps, pitr_up, pitr_start]
+            s3_ok, verify_ok, unverified, verify_failures, pitr_lag, pitr_gaps, pitr_up, pitr_start, pitr_s3]
 
 
 def notify_metrics(st: NotifyStatus) -> list[Metric]:

@@ -24,7 +24,7 @@ from backupd.formats.base import FormatChecker
 from backupd.logs import ByteProgress, EventLog
 from backupd.settings import CompressionCfg, JobBase, Strict, read_secret
 from backupd.store.backups import StoredBackup
-from backupd.store.segments import SegmentStore
+from backupd.store.segments import Segment, SegmentStore
 
 Progress = Callable[[int], None]
 J = TypeVar("J", bound=JobBase)
@@ -292,6 +292,7 @@ class StreamContext:
     stop: threading.Event  # set on SIGTERM: commit the open segment, then return
     recipients: list[str] = field(default_factory=list)  # age public keys segments are encrypted to
     on_gap: Callable[[str, dict[str, Any]], None] | None = None  # (reason, details): the `pitr_gap` notification
+    on_commit: Callable[[Segment], None] | None = None  # after each commit (wakes the S3 shipper; must not block)
 
 
 class PointInTime(abc.ABC, Generic[J]):

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backupd.errors import BackupdError
@@ -27,7 +27,14 @@ from backupd.store.pitr import iso as utc_second
 from backupd.store.retention import Backup, Decision, Policy, plan
 from backupd.store.s3 import Bucket, S3Error, error_text
 from backupd.store.s3_lock import iso
-from backupd.store.segments import Segment, SegmentStore
+from backupd.store.s3_segments import (
+    delete_segment,
+    list_segments,
+    read_remote_manifest,
+    segment_locked_until,
+    segment_prefix,
+)
+from backupd.store.segments import BinlogPos, Segment, SegmentStore, parse_time
 
 MISSING = "missing from the store (earlier prune interrupted)"
 _ID_RE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
@@ -159,12 +166,16 @@ def prune_segments(
     if anchor is None:
         return []
     gone = {s.seq for s in prune}
+    s3_on = config.settings.s3.enabled
     rows = []
     with pruning_segments(segments) as free:
         for seg in segments.segments():
             if seg.seq not in gone:
                 continue
             why = f"ends at {seg.end}, before {anchor.pos} where base {anchor.backup.backup_id} starts the window"
+            if s3_on and seg.s3_record() is None:  # a pending copy keeps it: the bucket may need it later
+                rows.append(PruneRow(job, f"segment {seg.seq:08d}", "binlog", True, [why, "not copied to S3 yet"]))
+                continue
             if not free and not dry_run:
                 rows.append(PruneRow(job, f"segment {seg.seq:08d}", "binlog", True,
                                      [why, "in use by a restore or drill: pruned next time"]))
@@ -285,6 +296,86 @@ def prune_s3(
         catalog.set_s3_state(job, d.backup_id, "pruned")
         row.done = True
         events.event("pruned", job=job, step="s3-prune", backup_id=d.backup_id, where="s3")
+    if job in config.pitr_windows:
+        kept = [r.backup_id for r in rows if r.keep or r.locked_until or r.warning or r.error]  # what stays
+        rows += prune_s3_segments(config, catalog, job, events, bucket, kept, dry_run=dry_run, now=now)
+    return rows
+
+
+def _base_position(catalog: Catalog, store: Store, job: str, backup_id: str) -> BinlogPos | bool | None:
+    """The oldest binlog position a backup in S3 records (where its roll-forward starts), None when it is not
+    a PITR base, False when its manifest is unknown here (then nothing may be pruned)."""
+    row = catalog.backup(job, backup_id)
+    try:
+        manifest = json.loads(row["manifest"]) if row is not None else json.loads(
+            (store.job_dir(job) / backup_id / MANIFEST).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    found = [BinlogPos(str(a["binlog_position"]["file"]), int(a["binlog_position"]["pos"]))
+             for a in manifest.get("artifacts", []) if isinstance(a.get("binlog_position"), dict)]  # fmt: skip
+    return min(found, key=lambda p: p.key) if found else None
+
+
+def prune_s3_segments(
+    config: Config, catalog: Catalog, job: str, events: EventLog, bucket: Any, kept: list[str], *,
+    dry_run: bool = False, now: datetime | None = None,
+) -> list[PruneRow]:  # fmt: skip
+    """S3 retention of a PITR job's segments: delete one only when it ends at or before the position of the
+    oldest base still in S3 (no kept base rolls forward through it) and its last event is older than the
+    window. Object Lock as for backup copies: a live lock plans the deletion, a refusal is a warning.
+    Walks from the oldest segment and stops at the first one that stays, so a long S3 history costs one
+    manifest read per segment deleted, not per segment kept."""
+    now = now or datetime.now(UTC)
+    store = Store(config.store_root)
+    positions = [_base_position(catalog, store, job, bid) for bid in kept]
+    if any(p is False for p in positions):
+        return []  # a kept copy we cannot read: keep every segment
+    starts = [p for p in positions if isinstance(p, BinlogPos)]
+    if not starts:
+        return []  # no base in S3 to roll forward from yet: keep them all
+    anchor = min(starts, key=lambda p: p.key)
+    edge = now - timedelta(seconds=config.pitr_windows[job])
+    local = {s.seq: s.manifest for s in SegmentStore(config.store_root, job).segments()}
+    try:
+        remote = list_segments(bucket, job)
+    except Exception as exc:
+        raise S3Error(f"listing {bucket.url(segment_prefix(bucket, job))}: {error_text(exc)}", job=job) from exc
+    rows = []
+    for seq, rs in sorted(remote.items()):
+        if not rs.complete:
+            continue
+        try:
+            man = local.get(seq) or read_remote_manifest(bucket, rs)
+            end, last = BinlogPos.from_json(man["end"]), parse_time(str(man["last_event_time"]))
+        except Exception as exc:
+            events.event("warning", job=job, step="s3-prune", segment=seq, error=error_text(exc))
+            continue
+        if not (end <= anchor and last < edge):
+            break  # later segments are later in the log: none of them may go either (and need no GET)
+        row = PruneRow(job, f"segment {seq:08d}", "s3", False,
+                       [f"ends at {end}, at or before {anchor} where the oldest base in S3 starts, outside the"
+                        f" window {_span(config.pitr_windows[job])}"])  # fmt: skip
+        rows.append(row)
+        try:
+            if config.settings.s3.object_lock != "none":
+                until = segment_locked_until(bucket, job, seq, now)
+                if until is not None:
+                    row.locked_until = iso(until)
+                    row.reasons.append(f"locked until {row.locked_until}: deleted by the first prune after it")
+                    continue
+            if dry_run:
+                continue
+            refused = delete_segment(bucket, job, seq)
+        except Exception as exc:
+            row.error = error_text(exc) if not isinstance(exc, BackupdError) else str(exc)
+            events.event("warning", job=job, step="s3-prune", segment=seq, error=row.error)
+            continue
+        if refused:
+            row.warning = refused[0] + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else "")
+            events.event("warning", job=job, step="s3-prune", segment=seq, error=row.warning)
+            continue
+        row.done = True
+        events.event("pruned", job=job, step="s3-prune", segment=seq, where="s3")
     return rows
 
 

@@ -328,12 +328,16 @@ class Bucket:
             versions = [ObjVersion(k, None) for k in rb.keys]
         return delete_versions(self.client, self.name, versions, MANIFEST)
 
-    def abort_stale_uploads(self, job: str) -> int:
-        """Abort multipart uploads left by a killed copy of this job (call with the job's lock held)."""
+    def abort_stale_uploads(self, job: str, under: str = "") -> int:
+        """Abort multipart uploads left by a killed copy of this job (call with the job's lock held). Backup
+        copies pass no `under`, which leaves the job's `binlog/` alone: its segments are shipped beside a run
+        by the stream, under their own lock, which aborts its own with `under="binlog/"`."""
         n = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.name, Prefix=f"{self.prefix}{job}/"):
+        for page in paginator.paginate(Bucket=self.name, Prefix=f"{self.prefix}{job}/{under}"):
             for up in page.get("Uploads", []):
+                if not under and up["Key"].startswith(f"{self.prefix}{job}/binlog/"):
+                    continue
                 self.client.abort_multipart_upload(Bucket=self.name, Key=up["Key"], UploadId=up["UploadId"])
                 n += 1
         return n

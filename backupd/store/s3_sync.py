@@ -20,6 +20,7 @@ from backupd.store.locks import job_lock
 from backupd.store.s3 import Bucket, check_copy, copy_backup, copy_record
 from backupd.store.s3_base import S3Error, error_text
 from backupd.store.s3_lock import NoObjectLock
+from backupd.store.segment_ship import verify_segments
 
 
 def ship(
@@ -161,6 +162,9 @@ def verify_copies(
             else:
                 catalog.set_s3_state(job, bid, "copied")
             out.append(CopyReport(job, bid, not problems, "checked", problems))
+        if job in config.pitr_windows:
+            action, problems = verify_segments(config, job, events, bucket)
+            out.append(CopyReport(job, "binlog", not problems, action, problems))
     return out
 
 

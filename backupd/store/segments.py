@@ -29,6 +29,7 @@ from backupd.fsutil import ensure_private_dir, fsync_dir, write_private_file
 SEGMENTS_DIR = "binlog"
 TMP_PREFIX = ".tmp-"
 MANIFEST_SUFFIX = ".json"
+S3_RECORD_SUFFIX = ".s3.json"  # `{seq:08d}.s3.json`: the segment's copy in S3 (versions, lock), once checked
 SEGMENT_KIND = "binlog-segment"
 _SEQ_RE = re.compile(r"^(\d{8})\.binlog(\..+)?$")
 _SUFFIX_RE = re.compile(r"(\d+)$")
@@ -107,6 +108,18 @@ class Segment:
     def manifest_path(self) -> Path:
         return self.path.parent / f"{self.seq:08d}{MANIFEST_SUFFIX}"
 
+    @property
+    def s3_record_path(self) -> Path:
+        return self.path.parent / f"{self.seq:08d}{S3_RECORD_SUFFIX}"
+
+    def s3_record(self) -> dict[str, Any] | None:
+        """The record of its checked copy in S3 (store/s3_segments.py), None while it is not copied."""
+        try:
+            data = json.loads(self.s3_record_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
 
 def segment_file_name(seq: int, ext: str) -> str:
     """`00000012.binlog.zst` (ext is the compression/encryption suffix, e.g. ".zst" or ".zst.age")."""
@@ -176,6 +189,8 @@ class SegmentStore:
         for entry in self.dir.iterdir():
             m = _SEQ_RE.match(entry.name)
             orphan = m is not None and not (self.dir / f"{m.group(1)}{MANIFEST_SUFFIX}").exists()
+            if entry.name.endswith(S3_RECORD_SUFFIX):  # the copy record of a segment deleted mid-way
+                orphan = not (self.dir / (entry.name.removesuffix(S3_RECORD_SUFFIX) + MANIFEST_SUFFIX)).exists()
             if entry.name.startswith(TMP_PREFIX) or orphan:
                 entry.unlink(missing_ok=True)
                 removed += 1
@@ -185,6 +200,7 @@ class SegmentStore:
         """Manifest first, so a crash mid-delete leaves an orphan data file (swept), never a listed hole."""
         seg.manifest_path.unlink(missing_ok=True)
         seg.path.unlink(missing_ok=True)
+        seg.s3_record_path.unlink(missing_ok=True)
         fsync_dir(self.dir)
 
 

@@ -25,7 +25,18 @@ tests:
         values: '0 0 0 1 1 1'
       - series: 'backupd_pitr_gaps_total{backup_job="blog", instance="h"}'
         values: '0 0 0 0 0 0'
+      - series: 'backupd_pitr_s3_pending{backup_job="shop", instance="h"}'
+        values: '0 1 0 1 0 4x40'
+      - series: 'backupd_pitr_s3_pending{backup_job="blog", instance="h"}'
+        values: '0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0'
     alert_rule_test:
+      - eval_time: 40m
+        alertname: BackupdPitrSegmentsNotInS3
+        exp_alerts:
+          - exp_labels: {severity: warning, backup_job: shop, instance: h}
+            exp_annotations:
+              summary: "shop: 4 binlog segment(s) not copied to S3"
+              description: "The stream commits segments but cannot copy them to the bucket; they are kept locally and retried. Check the stream's log (s3_failed events) and `backupd status`; `backupd run shop` also ships them."
       - eval_time: 15m
         alertname: BackupdPitrStreamLagging
         exp_alerts:

@@ -386,6 +386,8 @@ class BinlogStream:
             transactions=committed.manifest["transactions"], bytes=committed.manifest["bytes"],
         )
         self._write_state(force=True)
+        if self.ctx.on_commit is not None:
+            self.ctx.on_commit(committed)
         return committed
 
     def _write_state(self, force: bool = False, connected: bool = True) -> None:
