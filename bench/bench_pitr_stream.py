@@ -55,6 +55,9 @@ def rss_parts(pid: int) -> str:
         key, _, value = line.partition(":")
         if key in ("VmHWM", "RssAnon", "RssFile", "RssShmem"):
             got[key] = int(value.split()[0]) * 1024 / 1e6
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):  # shared library pages divided among the processes mapping them
+            got["Pss"] = int(line.split()[1]) * 1024 / 1e6
     return ", ".join(f"{k} {v:.1f} MB" for k, v in got.items())
 
 
