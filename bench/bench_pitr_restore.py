@@ -6,7 +6,11 @@ daily full dumps, computed from the measured run.
     python bench/bench_pitr_restore.py [ROWS] [CHANGED_ROWS]     (default 300000 and 150000)
 
 Run from the repository root (it commits the server's closed binlogs as segments with the helper in
-tests/pitr/, as the tests do until the stream is on this branch). Goal: restore --until at most 1.1x by hand.
+tests/pitr/, as the tests do). Goal: restore --until at most 1.1x by hand. BENCH_ROUNDS (default 2) rounds,
+each on a fresh database, who goes first alternating and 2 s of settling before each restore (the servers'
+background purge after the workload or a DROP would otherwise always hit the first); it prints each round,
+the medians and the best, and the fixed part of restore --until (its wall time minus the base load and
+the replay it reports). BENCH_PROFILE=1 first runs one restore in-process under cProfile.
 """
 
 from __future__ import annotations
