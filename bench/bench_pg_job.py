@@ -1,22 +1,28 @@
 """Wall time and peak memory of `backupd run` on a PostgreSQL job, beside the shell commands it replaces.
 
-    python bench/bench_pg_job.py [DUMP_MB]        (default 500: the custom archive is at least this big)
+    python bench/bench_pg_job.py [DUMP_MB] [--runs N] [--compare CHECKOUT]
 
-Starts a scratch PostgreSQL, generates two databases with generate_series (a small one, DUMP_MB / 10, and
-one whose `pg_dump --format=custom --compress=0` output is about DUMP_MB), then, best of 2 runs each:
+DUMP_MB (default 500): the custom archive is at least this big. Starts a scratch PostgreSQL, generates two
+databases with generate_series (a small one, DUMP_MB / 10, and one whose `pg_dump --format=custom
+--compress=0` output is about DUMP_MB), then runs, interleaved, N rounds (default 5) of:
   pg_dump -Fc --compress=0 > /dev/null           (the dump alone, for the record)
-  pg_dump -Fc -f f                               (pg_dump's own zlib compression)
   pg_dump -Fc --compress=0 | zstd -3 > f         (what backupd does, minus verification)
   backupd run                                    (zstd + sha256 + pg-custom check counting every row + commit,
                                                   plus the globals and the database's settings)
-and prints backupd's time over the faster of the two compressing commands (target <= 1.05x) and its peak
-RSS (VmHWM of the backupd process; target < 100 MB, the same for the small and the large database).
+  backupd run from CHECKOUT                      (with --compare: another tree, e.g. before a change)
+and once `pg_dump -Fc -f f` (pg_dump's own zlib: about 3x slower, never the faster one). It prints the
+median and the best of each, backupd's median over the faster compressing command's (target <= 1.05x),
+the load average before and after (the machine may be shared: the interleaving spreads the load over all
+commands alike) and backupd's peak RSS (VmHWM; target < 100 MB, the same for the small and the large
+database). The `backupd run` under test is the one on this process's path (PYTHONPATH).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,13 +78,15 @@ def peak_rss_kb(pid: int, stop: threading.Event, out: list[int]) -> None:
         time.sleep(0.05)
 
 
-def run_backupd(cfg: Path, job: str) -> tuple[float, int]:
+def run_backupd(cfg: Path, job: str, tree: str | None = None) -> tuple[float, int]:
+    env = {**os.environ, "PYTHONPATH": tree} if tree else None
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "backupd", "--config", str(cfg), "run", job],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     peak = [0]
     stop = threading.Event()
@@ -101,9 +109,17 @@ def raw_bytes(cfg: Path, job: str) -> tuple[int, int]:
     return int(art["raw_bytes"]), int(art["bytes"])
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
-    mb = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    small_mb = max(1, mb // 10)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mb", nargs="?", type=int, default=500)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--compare", metavar="CHECKOUT", help="also time `backupd run` from this tree")
+    args = ap.parse_args()
+    mb, small_mb = args.mb, max(1, args.mb // 10)
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp, Postgres(Path(tmp) / "db") as pg:
         base = Path(tmp)
         print(f"generating ~{small_mb} MB and ~{mb} MB databases ...", flush=True)
@@ -128,29 +144,43 @@ def main() -> None:
         out = base / "out"
         out.mkdir()
         timed_shell(f"{pg_dump} -Fc --compress=0 > /dev/null", env)  # warm shared buffers and the page cache
-        results: dict[str, list[float]] = {k: [] for k in ("raw", "zlib", "zstd", "backupd")}
+        results: dict[str, list[float]] = {k: [] for k in ("raw", "zlib", "zstd", "backupd", "compare")}
         peaks: dict[str, list[int]] = {"small": [], "large": []}
-        for _ in range(2):
+        load_before = load()
+        results["zlib"].append(timed_shell(f"{pg_dump} -Fc -f {out}/f.pgdump", env))
+        for i in range(args.runs):
             results["raw"].append(timed_shell(f"{pg_dump} -Fc --compress=0 > /dev/null", env))
-            results["zlib"].append(timed_shell(f"{pg_dump} -Fc -f {out}/f.pgdump", env))
             results["zstd"].append(timed_shell(f"{pg_dump} -Fc --compress=0 | zstd -q -3 > {out}/f.zst", env))
             elapsed, peak = run_backupd(cfg, "large")
             results["backupd"].append(elapsed)
             peaks["large"].append(peak)
-            peaks["small"].append(run_backupd(cfg, "small")[1])
+            if args.compare:
+                results["compare"].append(run_backupd(cfg, "large", args.compare)[0])
+            if i < 2:
+                peaks["small"].append(run_backupd(cfg, "small")[1])
+            print(f"  round {i + 1}: zstd {results['zstd'][-1]:.2f} s, backupd {elapsed:.2f} s"
+                  + (f", compare {results['compare'][-1]:.2f} s" if args.compare else "")
+                  + f"  (load {load()})", flush=True)  # fmt: skip
         raw, stored = raw_bytes(cfg, "large")
         small_raw, _ = raw_bytes(cfg, "small")
-        best = {k: min(v) for k, v in results.items()}
-        faster = min(best["zlib"], best["zstd"])
+        med = {k: statistics.median(v) for k, v in results.items() if v}
+        best = {k: min(v) for k, v in results.items() if v}
+        faster = min(med["zlib"], med["zstd"])
         print(f"custom archive {raw / 1e6:.0f} MB uncompressed ({rows['large']} rows), stored {stored / 1e6:.0f} MB "
-              f"(zstd -3, {raw / max(1, stored):.2f}:1); best of 2 runs, {os.cpu_count()} cores")  # fmt: skip
-        print(f"  pg_dump -Fc --compress=0 > /dev/null     {best['raw']:7.2f} s")
-        print(f"  pg_dump -Fc -f f                         {best['zlib']:7.2f} s")
-        print(f"  pg_dump -Fc --compress=0 | zstd -3 > f   {best['zstd']:7.2f} s")
-        rate = raw / 1e6 / best["backupd"]
-        print(f"  backupd run                              {best['backupd']:7.2f} s  ({rate:.0f} MB/s)")
-        print(f"  backupd / faster of the two  = {best['backupd'] / faster:.2f}x  (target <= 1.05)")
-        print(f"  backupd / zstd pipeline      = {best['backupd'] / best['zstd']:.2f}x")
+              f"(zstd -3, {raw / max(1, stored):.2f}:1); {args.runs} interleaved rounds, {os.cpu_count()} cores, "
+              f"load average {load_before} before, {load()} after")  # fmt: skip
+        print("                                            median     best")
+        rows_out = [("raw", "pg_dump -Fc --compress=0 > /dev/null"), ("zlib", "pg_dump -Fc -f f (once)"),
+                    ("zstd", "pg_dump -Fc --compress=0 | zstd -3 > f"), ("backupd", "backupd run")]  # fmt: skip
+        if args.compare:
+            rows_out.append(("compare", f"backupd run from {args.compare}"))
+        for key, label in rows_out:
+            print(f"  {label:<40} {med[key]:7.2f} s {best[key]:7.2f} s")
+        print(f"  backupd rate                 = {raw / 1e6 / med['backupd']:.0f} MB/s (median)")
+        print(f"  backupd / faster of the two  = {med['backupd'] / faster:.2f}x median, "
+              f"{best['backupd'] / min(best['zlib'], best['zstd']):.2f}x best  (target <= 1.05)")  # fmt: skip
+        if args.compare:
+            print(f"  compare / zstd pipeline      = {med['compare'] / med['zstd']:.2f}x median")
         print(
             f"  backupd peak RSS             = {max(peaks['small']) / 1024:.0f} MB at {small_raw / 1e6:.0f} MB, "
             f"{max(peaks['large']) / 1024:.0f} MB at {raw / 1e6:.0f} MB  (target < 100, flat)"

@@ -18,6 +18,11 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 CHUNK = 1 << 20
+# zstd compresses in a worker thread of its own (libzstd's, not Python's), in jobs of this many bytes: the
+# GIL is never held while it works, so the format checker's Python on the reading thread cannot stall it
+# (one worker: the same CPU as compressing inline, a few MB more memory; docs/performance.md).
+ZSTD_WORKERS = 1
+ZSTD_JOB = 2 << 20
 
 
 class Compressor(Protocol):
@@ -36,8 +41,10 @@ class _Identity:
 def compressor(algorithm: str, level: int) -> Compressor:
     """A streaming compressor; zstd frames carry a content checksum so decompression also proves content."""
     if algorithm == "zstd":
-        cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        return cctx.compressobj()
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=ZSTD_WORKERS, job_size=ZSTD_JOB, write_checksum=True
+        )
+        return zstandard.ZstdCompressor(compression_params=params).compressobj()
     if algorithm == "gzip":
         return zlib.compressobj(level, zlib.DEFLATED, 31)
     if algorithm == "none":

@@ -22,7 +22,7 @@ from backupd.engine.compression import EXTENSIONS, compressor
 from backupd.engine.crypto import AGE_EXT, EncryptStage, fingerprint
 from backupd.formats.base import CheckResult, FormatChecker
 
-QUEUE_CHUNKS = 16  # at most ~16 MiB in flight
+QUEUE_CHUNKS = 8  # at most ~8 MiB in flight here, plus what zstd's worker holds (a few 2 MiB jobs)
 FILE_MODE = 0o600
 
 
@@ -143,10 +143,12 @@ class ArtifactWriter:
             self._written += len(data)
 
     def _work(self) -> None:
+        stopped = False
         try:
             while True:
                 item = self._queue.get()
                 if item is _STOP:
+                    stopped = True  # zstd's worker may hold most of the output until this flush
                     self._emit(self._compressor.flush())
                     if self._encrypt is not None:
                         self._encrypt.close()
@@ -158,8 +160,8 @@ class ArtifactWriter:
             if self._encrypt is not None:
                 with contextlib.suppress(BaseException):
                     self._encrypt.close()
-            # keep draining so the producer never blocks on a full queue
-            while self._queue.get() is not _STOP:
+            # keep draining so the producer never blocks on a full queue (unless the stop was taken already)
+            while not stopped and self._queue.get() is not _STOP:
                 pass
 
     def write(self, data: bytes) -> None:

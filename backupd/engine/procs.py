@@ -1,6 +1,6 @@
 """The one process helper: start a tool (never through a shell), pump its stdout into an artifact or feed its
-stdin, drain its stderr into a bounded tail (and to an optional per-line callback), and kill it by the PID we
-started when we are interrupted. Also the tool finder."""
+stdin, or run it beside us (`started`: followed, or fed as we go), drain its stderr into a bounded tail (and to
+an optional per-line callback), and kill it by the PID we started when we are interrupted. Also the tool finder."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from backupd.engine.compression import iter_chunks, open_decompressed, open_stored, stored_codec
 from backupd.engine.pipeline import ArtifactWriter, pump
@@ -96,11 +96,91 @@ def run_capture(
         stdin=subprocess.DEVNULL if input is None else None,
         input=input,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",  # a tool's message in another encoding must not turn into a traceback
         env=dict(env) if env is not None else None,
         timeout=timeout,
         check=False,
     )
+
+
+class Started:
+    """A child that runs beside us (see `started()`): the caller polls or waits for it, or writes its stdin."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], tail: collections.deque[str], drainer: threading.Thread) -> None:
+        self.proc = proc
+        self._tail = tail
+        self._drainer = drainer
+        self._writable = proc.stdin is not None
+
+    @property
+    def tail(self) -> list[str]:
+        """The last lines of its stderr (and of its stdout, when that goes to the tail too)."""
+        return list(self._tail)
+
+    def write(self, data: bytes) -> bool:
+        """Feed its stdin; False from the moment it stopped reading (its output says why), never an error."""
+        if not self._writable:
+            return False
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+        except BrokenPipeError:
+            self._writable = False
+        return self._writable
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Close its stdin (end of input), wait for it to exit and for its output to be drained.
+
+        subprocess.TimeoutExpired propagates; the `started()` block then kills it."""
+        self._close_stdin()
+        rc = self.proc.wait(timeout=timeout)
+        self._drainer.join(timeout=5)
+        return rc
+
+    def _close_stdin(self) -> None:
+        self._writable = False
+        if self.proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self.proc.stdin.close()
+
+
+@contextlib.contextmanager
+def started(
+    argv: Sequence[str],
+    *,
+    stdin: bool = False,
+    stdout: IO[bytes] | Literal["tail"] | None = None,
+    tail_lines: int = 50,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Started]:
+    """Start argv (never through a shell) to run beside the caller: rsync we follow while it writes, a checker
+    fed the bytes we copy (`stdin=True`). stderr is drained into a tail of `tail_lines`; `stdout` goes to a file,
+    into the same tail ("tail"), or nowhere. When the block ends, a child still running is killed by its PID
+    (on an exception, or when the caller did not wait for it): nothing we start outlives the block."""
+    out: IO[bytes] | int = subprocess.DEVNULL if stdout is None else subprocess.PIPE if stdout == "tail" else stdout
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT if stdout == "tail" else subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+    )
+    stream = proc.stdout if stdout == "tail" else proc.stderr
+    assert stream is not None
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    drainer = threading.Thread(target=drain_lines, args=(stream, tail), daemon=True)
+    drainer.start()
+    child = Started(proc, tail, drainer)
+    try:
+        yield child
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        child._close_stdin()
+        proc.wait()
+        drainer.join(timeout=5)
+        stream.close()
 
 
 def describe_exit(returncode: int) -> str:

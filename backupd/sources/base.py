@@ -1,6 +1,6 @@
 """The Source interface: everything backupd does with one kind of database, behind one class.
 
-A source owns its config model, `check_reachable`, `dump` (artifacts through `DumpContext.artifact`),
+A source owns its config model, `check_reachable`, `dump` (artifacts through `DumpContext.writing`),
 `restore` (with the CLI options it declares) and `drill` (restore into a scratch target, compare with the
 stats recorded at dump time). The registry in `backupd.sources` is the only list of sources; nothing outside
 `backupd/sources/` asks which type a job is (docs/architecture.md).
@@ -71,8 +71,8 @@ class DumpContext:
         self.warnings.append(message)
         self.events.event("warning", message=message, **fields)
 
-    def artifact(self, name: str, fmt: str, ext: str, checker: FormatChecker | None) -> ArtifactWriter:
-        """A raw writer; most sources want `writing()`, which also judges and registers the result."""
+    def _open_artifact(self, name: str, fmt: str, ext: str, checker: FormatChecker | None) -> ArtifactWriter:
+        """The raw writer behind `writing()`, which also aborts, closes, judges and registers it."""
         task = self.progress.task(f"{self.job_name}: {name}")
         return ArtifactWriter(
             self.partial_dir,
@@ -105,13 +105,13 @@ class DumpContext:
         the run's events show what was read. `extra` goes into the artifact's manifest entry (e.g. the database).
         This is the one way sources write artifacts.
         """
-        writer = self.artifact(name, fmt, ext, checker)
+        writer = self._open_artifact(name, fmt, ext, checker)
         try:
             yield writer
-        except BaseException:
+            result = writer.close()
+        except BaseException:  # the block failed, or the close did (ENOSPC): no half-written file stays
             writer.abort()
             raise
-        result = writer.close()
         result.extra.update(extra or {})
         self.add(result)
         if not result.ok:

@@ -398,7 +398,7 @@ def _inprocess_run(cfg: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 def _replace_after_copy(monkeypatch: pytest.MonkeyPatch, src: Path, times: int) -> list[int]:
     """Let rsync copy, then swap the source for a same-content file (new inode), as a save landing mid-copy
     does: the stat after the copy must see it."""
-    import backupd.sources.redis.dump as redis_source
+    import backupd.sources.redis.fetch as redis_source
 
     real = redis_source.follow
     calls: list[int] = []
@@ -457,7 +457,7 @@ def test_copy_not_followed_falls_back_to_a_second_pass(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """When the bytes read during the copy cannot be proven to be the copy, the staged file is read again."""
-    import backupd.sources.redis.dump as redis_source
+    import backupd.sources.redis.fetch as redis_source
 
     _, replica = pair
     own = own_dirs(tmp_path, write_secret(tmp_path / "pw", PASSWORD))

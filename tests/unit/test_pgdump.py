@@ -470,6 +470,47 @@ def test_chunk_boundaries_anywhere(dumps: Dumps, kind: str) -> None:
         assert feed_randomly(PgCustomChecker(), data, seed).to_dict() == whole
 
 
+def split_points(data: bytes, around: list[int], before: int, after: int) -> list[int]:
+    return sorted({p for a in around for p in range(max(1, a - before), min(len(data), a + after + 1))})
+
+
+def feed_split(data: bytes, at: int) -> CheckResult:
+    checker = PgCustomChecker()
+    checker.feed(data[:at])
+    checker.feed(data[at:])
+    return checker.finish()
+
+
+@pytest.mark.parametrize("kind", ["pipe", "zlib_pipe"])
+def test_split_inside_block_headers_and_chunk_lengths(dumps: Dumps, kind: str) -> None:
+    """A feed boundary at every byte around every block header (type byte, dumpId Int, the first chunk
+    length) and every block end (the last chunk, the closing Int 0, the next block's header)."""
+    data: bytes = getattr(dumps, kind)
+    layout = Layout(data)
+    whole = check(data).to_dict()
+    assert whole["ok"] and whole["stats"]["tables"] == dumps.counts
+    starts, ends = [s for s, _ in layout.blocks], [e for _, e in layout.blocks]
+    points = split_points(data, starts, 1, 11) + split_points(data, ends, 11, 1)
+    for at in points:
+        assert feed_split(data, at).to_dict() == whole, at
+
+
+def test_split_inside_escaped_rows(dumps: Dumps) -> None:
+    """A feed boundary inside COPY rows holding escapes (backslash-n, an escaped backslash, backslash-dot,
+    backslash-r backslash-n), and around the terminator line and the chunk header that follows a row: rows are
+    counted the same whichever byte a feed ends at."""
+    data = dumps.pipe
+    whole = check(data).to_dict()
+    assert whole["ok"] and whole["stats"]["tables"] == dumps.counts
+    start = Layout(data).data_start
+    escapes = [m.start() for m in re.compile(rb"\\\\\.|\\r\\n|\\n|\\\\").finditer(data, start)]
+    terminators = [m.start() for m in re.compile(rb"\x00\x05\x00\x00\x00\\\.\n\n\n").finditer(data, start)]
+    assert len(escapes) > 20 and len(terminators) == len(TABLES)  # the chunk holding the terminator, its header
+    points = split_points(data, escapes[:: len(escapes) // 20], 1, 4) + split_points(data, terminators, 6, 12)
+    for at in points:
+        assert feed_split(data, at).to_dict() == whole, at
+
+
 def feed_bytewise(checker: FormatChecker, data: bytes, bulk: tuple[int, int]) -> CheckResult:
     """Feed `data` one byte at a time, except data[bulk[0]:bulk[1]] in one piece (time)."""
     for i in (*range(bulk[0]), *range(bulk[1], len(data))):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,50 @@ def test_store_commit_is_atomic_and_private(tmp_path: Path) -> None:
     bid2, partial2 = store.new_partial("job", when)
     assert bid2 == "20261128T120001Z"
     assert store.sweep_partials("job") == [partial2]
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd CLI is not installed")
+def test_zstd_worker_output_is_one_checksummed_frame(tmp_path: Path) -> None:
+    """zstd compresses in its own worker thread, in jobs (engine/compression.py): the stored file must still
+    be one frame with a content checksum that the zstd CLI accepts, and a flipped byte must fail it."""
+    payload = b"".join(b"%d\tsome row text %d\n" % (i, i * 7) for i in range(600_000))  # ~14 MB: several jobs
+    w = ArtifactWriter(tmp_path, "data", "test", ".bin", algorithm="zstd", level=3)
+    for i in range(0, len(payload), 1 << 20):
+        w.write(payload[i : i + (1 << 20)])
+    res = w.close()
+    path = tmp_path / res.file
+    stored = path.read_bytes()
+    assert zstandard.get_frame_parameters(stored).has_checksum
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(stored) == payload
+    assert subprocess.run(["zstd", "-tq", str(path)], capture_output=True).returncode == 0
+    bad = tmp_path / "bad.zst"
+    bad.write_bytes(stored[: len(stored) // 2] + bytes([stored[len(stored) // 2] ^ 1]) + stored[len(stored) // 2 + 1 :])
+    assert subprocess.run(["zstd", "-tq", str(bad)], capture_output=True).returncode != 0
+
+
+WRITE_FAILS_AT_FLUSH = """
+import os, resource, signal, sys
+from pathlib import Path
+from backupd.engine.pipeline import ArtifactWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+w = ArtifactWriter(Path(sys.argv[1]), "data", "test", ".bin")
+w.write(os.urandom(1 << 20))  # zstd's worker keeps most of this until the final flush
+try:
+    w.close()
+except OSError as exc:
+    w.abort()
+    print("failed:", exc.strerror)
+"""
+
+
+def test_a_write_error_in_the_final_flush_is_raised_not_hung(tmp_path: Path) -> None:
+    """The file limit is hit while the last compressed bytes are written (after the stop was queued): close()
+    must raise that error, and abort() remove the file, instead of waiting forever for a second stop."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_FAILS_AT_FLUSH, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "failed: File too large"
+    assert list(tmp_path.iterdir()) == []

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backupd.engine.compression import open_decompressed
-from backupd.engine.procs import feed_command
+from backupd.engine.procs import feed_command, run_capture
 from backupd.errors import BackupdError, StepError, UsageError
 from backupd.sources.base import Progress, Restored, no_progress
 from backupd.sources.postgresql.client import (
@@ -241,11 +240,9 @@ class PgServerSession:
         """Statements in one transaction, stopping at the first error."""
         argv = [self.psql, "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                 f"--dbname={self.target.conninfo(database)}"]  # fmt: skip
-        done = subprocess.run(
-            argv, input=sql.encode(), capture_output=True, env=self.runner.env, timeout=600, check=False
-        )
+        done = run_capture(argv, env=self.runner.env, timeout=600, input=sql)
         if done.returncode != 0:
-            why = error_line(done.stderr.decode("utf-8", "replace"), f"psql exited {done.returncode}")
+            why = error_line(done.stderr, f"psql exited {done.returncode}")
             raise StepError(self.step, f"{what}{why}", host=self.host)
 
     def roles(self) -> set[str]:

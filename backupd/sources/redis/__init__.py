@@ -28,7 +28,7 @@ class RedisSource(Source[RedisJob]):
 
     def check_reachable(self, job: RedisJob) -> list[str]:
         from backupd.engine.remote import reach_ssh
-        from backupd.sources.redis.dump import reach_redis
+        from backupd.sources.redis.client import reach_redis
 
         details = [reach_ssh(job.ssh)] if job.ssh is not None else []
         return [*details, reach_redis(job)]
