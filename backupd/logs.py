@@ -7,16 +7,10 @@ import sys
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.progress import (
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 TAIL_LINES = 200
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -87,7 +81,15 @@ class ByteProgress:
 
     def __init__(self, enabled: bool) -> None:
         self._progress: Progress | None = None
-        if enabled:
+        if enabled:  # rich only on a TTY: a daemon, a stream or a cron run never loads it
+            from rich.progress import (
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 DownloadColumn(),

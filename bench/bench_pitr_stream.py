@@ -48,6 +48,33 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def rss_parts(pid: int) -> str:
+    """VmRSS split into anonymous memory (the heap, what the code allocates) and file pages (mapped .so)."""
+    got = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "RssAnon", "RssFile", "RssShmem"):
+            got[key] = int(value.split()[0]) * 1024 / 1e6
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):  # shared library pages divided among the processes mapping them
+            got["Pss"] = int(line.split()[1]) * 1024 / 1e6
+    return ", ".join(f"{k} {v:.1f} MB" for k, v in got.items())
+
+
+def top_mappings(pid: int, n: int = 8) -> str:
+    """The mapped files holding most of the resident pages (shared libraries of the imported packages)."""
+    sizes: dict[str, int] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and ":" not in head[0]:
+            name = head[5] if len(head) > 5 else "[anon]"
+        elif head and head[0] == "Rss:":
+            sizes[name] = sizes.get(name, 0) + int(head[1])
+    top = sorted(sizes.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{Path(k).name} {v * 1024 / 1e6:.1f}" for k, v in top)
+
+
 def workload(db: MariaDB, database: str, rate: int, stop: threading.Event, done: list[int]) -> None:
     conn = pymysql.connect(host=db.host, port=db.port, user="root", password=db.root_password, database=database,
                            autocommit=True)
@@ -104,6 +131,7 @@ def main() -> int:
             if lag is not None and now - began >= WARMUP:
                 lags.append(lag)
         cpu1, t1 = cpu_times(proc.pid), time.monotonic()
+        memory = f"{rss_parts(proc.pid)}; top mappings (MB): {top_mappings(proc.pid)}"
         threads = {}
         for task in Path(f"/proc/{proc.pid}/task").iterdir():
             stat = (task / "stat").read_text()
@@ -134,7 +162,7 @@ def main() -> int:
         print(f"lag: max {lags[-1]:.1f}s, p50 {lags[len(lags) // 2]:.1f}s (target < {seg_s + 5:.0f}s)")
         print(f"cpu: {100 * core:.2f}% of a core ({100 * user:.2f}% user, {100 * system:.2f}% system; target < 3%)")
         print(f"cpu seconds by thread (whole run): {threads}")
-        print(f"rss: max {rss_max / 1e6:.1f} MB (target < 60 MB)")
+        print(f"rss: max {rss_max / 1e6:.1f} MB (target < 60 MB); at the end: {memory}")
         ok = lags[-1] < seg_s + 5 and core < 0.03 and rss_max < 60e6
         print("targets met" if ok else "TARGETS MISSED")
     return 0

@@ -27,9 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import pyrage
-from pyrage import x25519
-
 from backupd.errors import BackupdError
 from backupd.formats import agehdr
 
@@ -57,6 +54,8 @@ def parse_recipient(text: str) -> Any:
     text = text.strip()
     if not text.startswith("age1"):
         raise ValueError(f"{text[:12]!r}... is not an age X25519 recipient (age1...)")
+    from pyrage import x25519  # loaded only by jobs that encrypt or restores that decrypt
+
     try:
         return x25519.Recipient.from_str(text)
     except Exception as exc:  # pyrage.RecipientError
@@ -71,6 +70,8 @@ def read_key_lines(path: Path) -> list[str]:
 def load_identities(path: Path) -> list[Any]:
     """The X25519 identities in an age identity file (as age-keygen writes it); ValueError if there are none
     or one does not parse (the message never holds the key)."""
+    from pyrage import x25519
+
     out = []
     for n, line in enumerate(read_key_lines(path), 1):
         if not line.startswith("AGE-SECRET-KEY-1"):
@@ -158,6 +159,8 @@ class EncryptStage:
 
     def _work(self) -> None:
         try:
+            import pyrage
+
             pyrage.encrypt_io(self._rfile, self._sink, self._recipients)
         except BaseException as exc:  # reported by close(); the writer side sees a broken pipe
             self.error = self._sink.error or exc  # ENOSPC as itself, not wrapped
@@ -208,6 +211,8 @@ class _DecryptedReader(io.RawIOBase):
     def _work(self, identities: list[Any]) -> None:
         out = os.fdopen(self._w, "wb", buffering=0)
         try:
+            import pyrage
+
             pyrage.decrypt_io(self._src, out, identities)
         except BrokenPipeError:
             pass  # the reader stopped early (closed us)

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from backupd.formats.base import CheckResult, FormatChecker
 
@@ -56,8 +56,10 @@ class BinlogError(ValueError):
     """A structural problem in binlog bytes (bad magic, length, CRC, a torn or misplaced event)."""
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """One event. A named tuple, not a dataclass: a restore's first pass and the stream's segment check make
+    one per event (millions an hour), and a tuple is built in a quarter of the time of a frozen dataclass."""
+
     timestamp: int
     type: int
     server_id: int
@@ -150,17 +152,28 @@ class EventReader:
             self._need_magic = False
         pos = 0
         buf = self._buf
-        while len(buf) - pos >= HEADER_LEN:
-            length = struct.unpack_from("<I", buf, pos + 9)[0]
-            if length < HEADER_LEN or length > MAX_EVENT:
-                raise BinlogError(f"event at offset {self.offset + pos} has an impossible length {length}")
-            if len(buf) - pos < length:
-                break
-            raw = bytes(buf[pos : pos + length])
-            if raw[4] == FORMAT_DESCRIPTION:
-                self.checksum = fde_checksum_alg(raw) == 1
-            out.append(make_event(raw, self.checksum))
-            pos += length
+        size = len(buf)
+        unpack = _HEADER.unpack_from
+        crc32 = zlib.crc32
+        with memoryview(buf) as view:  # make_event's checks, inlined: this loop runs once per event
+            while size - pos >= HEADER_LEN:
+                ts, typ, sid, length, next_pos, flags = unpack(buf, pos)
+                if length < HEADER_LEN or length > MAX_EVENT:
+                    raise BinlogError(f"event at offset {self.offset + pos} has an impossible length {length}")
+                if size - pos < length:
+                    break
+                raw = bytes(view[pos : pos + length])
+                if typ == FORMAT_DESCRIPTION:
+                    self.checksum = fde_checksum_alg(raw) == 1
+                    out.append(make_event(raw, self.checksum))
+                else:
+                    if self.checksum:
+                        if length < HEADER_LEN + CRC_LEN:
+                            raise BinlogError(f"event type {typ} of {length} bytes has no room for its checksum")
+                        if crc32(view[pos : pos + length - CRC_LEN]) != int.from_bytes(raw[-CRC_LEN:], "little"):
+                            raise BinlogError(f"event type {typ} ending at log position {next_pos}: CRC32 mismatch")
+                    out.append(Event(ts, typ, sid, length, next_pos, flags, raw, self.checksum))
+                pos += length
         del buf[:pos]
         self.offset += pos
         return out

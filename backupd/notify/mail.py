@@ -7,13 +7,14 @@ trusts a private CA (or a self-signed server certificate) instead. The password 
 
 from __future__ import annotations
 
-import smtplib
 import ssl
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING
 
 from backupd.notify.message import ChannelError, Message
 from backupd.settings import EmailCfg, read_secret
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
 
 IMPLICIT_TLS_PORT = 465
 
@@ -23,6 +24,9 @@ def tls_context(cfg: EmailCfg) -> ssl.SSLContext:
 
 
 def build(cfg: EmailCfg, msg: Message) -> EmailMessage:
+    from email.message import EmailMessage  # the email package: loaded when a mail is sent, not at config load
+    from email.utils import formatdate, make_msgid
+
     mail = EmailMessage()
     mail["Subject"] = msg.title()
     mail["From"] = cfg.from_
@@ -35,6 +39,8 @@ def build(cfg: EmailCfg, msg: Message) -> EmailMessage:
 
 
 def send(cfg: EmailCfg, msg: Message, timeout: float) -> None:
+    import smtplib
+
     try:
         context = tls_context(cfg)
         password = read_secret(cfg.password_file)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 from backupd import __version__
 from backupd.notify.message import ChannelError
 
@@ -13,6 +10,9 @@ USER_AGENT = f"backupd/{__version__}"
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
     """POST `body`; returns the status for a 2xx answer, raises ChannelError (no URL in it) otherwise."""
+    import urllib.error  # urllib.request and http.client: loaded when a notification is sent, not at config load
+    import urllib.request
+
     req = urllib.request.Request(url, data=body, method="POST", headers={"User-Agent": USER_AGENT, **headers})  # noqa: S310 -- http(s) only, checked at config load
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310

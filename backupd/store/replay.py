@@ -11,9 +11,12 @@ to `mariadb-binlog -`: nothing is applied from a segment that was found bad, and
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 from backupd.engine.compression import iter_chunks
 from backupd.errors import BackupdError
@@ -64,19 +67,83 @@ def _past(tx: Transaction, pos: BinlogPos, plan: Plan) -> bool:
 
 
 def scan(plan: Plan, database: str | None) -> Scan:
-    """Check every segment of the plan and select the transactions to replay (see the module doc)."""
+    """Check every segment of the plan and select the transactions to replay (see the module doc).
+
+    A reader thread hashes and decompresses ahead (both release the GIL, so they run on the other core)
+    while this thread splits and CRC-checks the events: a fixed cost of every restore --until, halved."""
     out = Scan()
     start = plan.base.positions.get(database, plan.base.pos) if database else plan.base.pos
-    for seg in plan.segments:
-        problems = check_segment(seg)
-        if problems:
-            raise BackupdError(f"restore: {problems[0]}; refusing to replay")
-        if _scan_segment(seg, start, plan, database, out):
-            break
+    ahead = _ReadAhead(plan.segments)
+    try:
+        for seg in plan.segments:
+            problems = ahead.problems()
+            if problems:
+                raise BackupdError(f"restore: {problems[0]}; refusing to replay")
+            if _scan_segment(seg, ahead.chunks(), start, plan, database, out):
+                break
+    finally:
+        ahead.close()
     return out
 
 
-def _scan_segment(seg: Segment, start: BinlogPos, plan: Plan, database: str | None, out: Scan) -> bool:
+_END = object()  # the end of one segment's chunks
+
+
+class _ReadAhead:
+    """Per segment, in order: its check (size, sha256), then its decompressed chunks, at most AHEAD queued."""
+
+    AHEAD = 8  # chunks of 1 MiB
+
+    def __init__(self, segs: list[Segment]) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=self.AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(segs,), name="scan-read", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, segs: list[Segment]) -> None:
+        try:
+            for seg in segs:
+                problems = check_segment(seg)
+                if not self._put(problems) or problems:
+                    return
+                with open_segment(seg) as fh:
+                    for chunk in iter_chunks(fh):
+                        if not self._put(chunk):
+                            return
+                if not self._put(_END):
+                    return
+        except BaseException as exc:  # raised again by the scanning thread, where the segment is named
+            self._put(exc)
+
+    def _get(self) -> object:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def problems(self) -> list[str]:
+        return cast(list[str], self._get())
+
+    def chunks(self) -> Iterator[bytes]:
+        while (item := self._get()) is not _END:
+            yield cast(bytes, item)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _scan_segment(seg: Segment, chunks: Iterator[bytes], start: BinlogPos, plan: Plan, database: str | None,
+                  out: Scan) -> bool:  # fmt: skip
     """Select from one segment; True once the target is reached (no later segment is needed)."""
     reader = EventReader()
     split = TransactionSplitter()
@@ -87,37 +154,36 @@ def _scan_segment(seg: Segment, start: BinlogPos, plan: Plan, database: str | No
     done = False
     file = seg.start.file
     try:
-        with open_segment(seg) as fh:
-            for chunk in iter_chunks(fh):
-                for ev in reader.feed(chunk):
-                    here = offset
-                    offset += ev.length
-                    if done:
-                        continue  # the rest is still CRC-checked: a bad segment is refused whatever the target
-                    if not fde and ev.type == 15:
-                        fde = ev.raw
-                    if not split.in_transaction and ev.type in CONTROL_EVENTS:
-                        split.feed(ev)
-                        continue
-                    if not split.in_transaction:
-                        tx_begin = here
-                    tx = split.feed(ev)
-                    if tx is None:
-                        continue
-                    pos = BinlogPos(file, tx.end_pos)
-                    if pos <= start:
-                        continue  # in the base already
-                    if _past(tx, pos, plan):
-                        out.reached = done = True
-                        continue
-                    if begin < 0:
-                        begin = tx_begin
-                    end = offset
-                    _take(out, tx, pos, database)
-                    if plan.until.gtid is not None and (tx.gtid.domain, tx.gtid.seq) == (
-                        plan.until.gtid[0], plan.until.gtid[2]
-                    ):
-                        out.reached = done = True
+        for chunk in chunks:
+            for ev in reader.feed(chunk):
+                here = offset
+                offset += ev.length
+                if done:
+                    continue  # the rest is still CRC-checked: a bad segment is refused whatever the target
+                if not fde and ev.type == 15:
+                    fde = ev.raw
+                if not split.in_transaction and ev.type in CONTROL_EVENTS:
+                    split.feed(ev)
+                    continue
+                if not split.in_transaction:
+                    tx_begin = here
+                tx = split.feed(ev)
+                if tx is None:
+                    continue
+                pos = BinlogPos(file, tx.end_pos)
+                if pos <= start:
+                    continue  # in the base already
+                if _past(tx, pos, plan):
+                    out.reached = done = True
+                    continue
+                if begin < 0:
+                    begin = tx_begin
+                end = offset
+                _take(out, tx, pos, database)
+                if plan.until.gtid is not None and (tx.gtid.domain, tx.gtid.seq) == (
+                    plan.until.gtid[0], plan.until.gtid[2]
+                ):
+                    out.reached = done = True
     except BinlogError as exc:
         raise BackupdError(f"restore: segment {seg.seq:08d}: {exc}; refusing to replay") from None
     except OSError as exc:

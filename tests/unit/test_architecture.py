@@ -242,3 +242,46 @@ def test_cli_startup_loads_no_driver(tmp_path: Path, argv: list[str]) -> None:
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["rc"] in (0, None) or (argv == ["status"] and "overdue: site" in done.stderr), done.stderr
     assert sorted(set(out["loaded"]) & set(DRIVERS)) == []
+
+
+_STREAM = """
+import json, os, signal, sys, threading, time
+from backupd.cli import main
+
+def stop_soon() -> None:
+    time.sleep(float(os.environ["STOP_AFTER"]))
+    os.kill(os.getpid(), signal.SIGTERM)  # the stream's own stop: it returns from its reconnect wait
+
+threading.Thread(target=stop_soon, daemon=True).start()
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as exc:
+    rc = exc.code
+print(json.dumps({"rc": rc, "loaded": sorted({m.split('.')[0] for m in sys.modules})}))
+"""
+STREAM_UNNEEDED = ("rich", "prometheus_client", "pyrage", "smtplib")
+
+
+def test_stream_of_a_direct_job_loads_no_ssh_s3_or_terminal_stack(tmp_path: Path) -> None:
+    """`backupd stream JOB` runs for days: a job without via_ssh, S3 or encryption keeps paramiko/fabric,
+    boto3, rich, age and the mail stack out of its memory (about 12 MB of its RSS, docs/performance.md)."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the stream tries, fails, waits to retry
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "pw").write_text("x")
+    (tmp_path / "pw").chmod(0o600)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "db.toml").write_text(
+        f'type = "mysql"\nschedule = "@daily"\nhost = "127.0.0.1"\nport = {port}\nuser = "streamer"\n'
+        f'password_file = "{tmp_path}/pw"\ndatabases = ["d"]\n[pitr]\nenabled = true\nserver_id = 4001\n'
+    )
+    config = tmp_path / "backupd.toml"
+    config.write_text(f'[storage]\nroot = "{tmp_path}/store"\n[state]\ndir = "{tmp_path}/state"\n')
+    done = subprocess.run([sys.executable, "-c", _STREAM, "--config", str(config), "stream", "db"], cwd=tmp_path,
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={"PYTHONPATH": str(PKG.parent), "PATH": "/usr/bin:/bin", "STOP_AFTER": "2"})
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "pitr_link_lost" in done.stdout and "pymysql" in out["loaded"], done.stderr  # it tried to connect
+    assert sorted(set(out["loaded"]) & {*DRIVERS, *STREAM_UNNEEDED} - {"pymysql"}) == []

@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from backupd.engine.procs import feed_command, find_tool, last_line, run_capture
-from backupd.engine.remote import connect, reach_ssh, remote_run
 from backupd.errors import BackupdError, StepError, UsageError
 from backupd.fsutil import write_private_file
 from backupd.settings import SSHCfg, read_secret
@@ -212,6 +211,8 @@ def restore_sql_artifacts(
 def reach_mysql(part: MySQLPart, ssh: SSHCfg | None) -> list[str]:
     """`check-config --connect`: the SSH host (when there is one) and `SELECT VERSION()` on the server, from
     where the dump connects: here, or on the SSH host for `via_ssh` (the option file on the channel's stdin)."""
+    from backupd.engine.remote import connect, reach_ssh, remote_run  # paramiko: not for a local restore
+
     details = [reach_ssh(ssh)] if ssh is not None else []
     opts = option_file_text(part, read_secret(part.password_file)).encode()
     host = f"{part.host}:{part.port}"

@@ -90,26 +90,27 @@ def check_statements(result: Scan, database: str, target_db: str) -> None:
             )
 
 
-def _privileges(client: str, optfile: Path, host: str) -> set[str]:
-    """The target user's global privileges (from SHOW GRANTS, upper case)."""
+def _privileges_and_log_bin(client: str, optfile: Path, host: str) -> tuple[set[str], bool]:
+    """The target user's global privileges (from SHOW GRANTS, upper case) and whether the target writes a
+    binlog: one client run, not two (each start of the client is a fixed cost of every restore)."""
+    rows = run_sql(client, optfile, "SHOW GRANTS; SELECT @@log_bin;", host)
     out: set[str] = set()
-    for row in run_sql(client, optfile, "SHOW GRANTS;", host):
+    for row in rows[:-1]:
         m = _REPLAY_GRANT.match(row[0])
         if m:
             out |= {p.strip().upper() for p in m.group(1).split(",")}
-    return out
+    return out, rows[-1][0] == "1"
 
 
 def check_target(client: str, optfile: Path, target: MySQLTarget) -> bool:
     """BINLOG REPLAY (or SUPER) for the BINLOG statements; whether the target logs (then BINLOG ADMIN)."""
-    privs = _privileges(client, optfile, target.label)
+    privs, logs = _privileges_and_log_bin(client, optfile, target.label)
     every = "ALL PRIVILEGES" in privs or "SUPER" in privs
     if not every and "BINLOG REPLAY" not in privs:
         raise BackupdError(
             f"restore: user {target.user} on {target.label} lacks the BINLOG REPLAY privilege the replay's BINLOG"
             f" statements need (GRANT BINLOG REPLAY ON *.* TO ...)"
         )
-    logs = run_sql(client, optfile, "SELECT @@log_bin;", target.label)[0][0] == "1"
     if logs and not every and "BINLOG ADMIN" not in privs:
         raise BackupdError(
             f"restore: {target.label} writes a binlog: the replay must not log the old transactions' GTIDs into"

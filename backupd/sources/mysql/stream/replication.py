@@ -19,17 +19,18 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import paramiko
 import pymysql
 import pymysql.err
 
-from backupd.engine.remote import connect
 from backupd.errors import StepError
 from backupd.settings import SSHCfg
 from backupd.sources.mysql.config import MySQLPart
 from backupd.store.segments import BinlogPos
+
+if TYPE_CHECKING:
+    import paramiko
 
 COM_BINLOG_DUMP = 0x12
 ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236  # the binlog asked for is gone (purged) or the position is bad
@@ -186,6 +187,8 @@ class ReplicationConnection:
 
 
 def _open_channel(ssh_conn: Any, part: MySQLPart, label: str) -> paramiko.Channel:
+    import paramiko  # only via_ssh jobs pay for the SSH stack (about 11 MB of the stream's RSS)
+
     transport = ssh_conn.client.get_transport()
     if transport is None:  # pragma: no cover - connect() opened it
         raise StepError("stream connect", "SSH transport closed", host=label)
@@ -210,6 +213,8 @@ def replication_connection(
     try:
         sock: Any = None
         if part.via_ssh and ssh is not None:
+            from backupd.engine.remote import connect  # fabric and paramiko: via_ssh jobs only
+
             label = f"{ssh.label} ({label} via ssh)"
             ssh_conn = stack.enter_context(connect(ssh))
             sock = _open_channel(ssh_conn, part, label)
