@@ -50,3 +50,11 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_private_file(path: Path, data: bytes) -> None:
+    """Write 0600 under a temp name beside `path`, fsync, then rename over it: a reader (or a crash) sees
+    the old content or the new one, never half of it."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    write_private_file(tmp, data)
+    os.replace(tmp, path)

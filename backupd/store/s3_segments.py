@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backupd.fsutil import fsync_dir, write_private_file
+from backupd.fsutil import fsync_dir, replace_private_file, write_private_file
 from backupd.store.s3 import Bucket
 from backupd.store.s3_base import S3Error, b64_sha256_of_hex, error_text, file_checksum
 from backupd.store.s3_lock import Lock, delete_versions, iso, list_versions, locked_until, read_locks
@@ -60,6 +60,22 @@ def _write_record(seg: Segment, record: dict[str, Any]) -> None:
     fsync_dir(seg.path.parent)
 
 
+def _remote_digest(bucket: Bucket, manifest_key: str) -> str | None:
+    """The sha256 a segment manifest already in the bucket names (None: no readable manifest there, so the
+    key holds at most a partial or damaged copy of ours, which a new copy replaces)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        data = json.loads(bucket.body(manifest_key).read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    except ValueError:
+        return None
+    return str(data["sha256"]) if isinstance(data, dict) and "sha256" in data else None
+
+
 def copy_segment(bucket: Bucket, job: str, seg: Segment) -> dict[str, Any]:
     """Upload the data file, check it, then upload and check the manifest; write `.s3.json`. S3Error."""
     name = seg.path.name
@@ -71,6 +87,13 @@ def copy_segment(bucket: Bucket, job: str, seg: Segment) -> dict[str, Any]:
             raise S3Error(f"copy of segment {seg.seq:08d}: {problems[0]}", job=job)
         size, digest = int(seg.manifest["bytes"]), str(seg.manifest["sha256"])
         key = segment_key(bucket, job, name)
+        theirs = _remote_digest(bucket, segment_key(bucket, job, man_name))
+        if theirs is not None and theirs != digest:  # another chain's complete segment under this number
+            raise S3Error(
+                f"copy of segment {seg.seq:08d}: {bucket.url(key)} already holds another segment (sha256 "
+                f"{theirs[:12]}); not overwritten. On a new machine run `backupd catalog rebuild --from-s3` "
+                "before the first stream (docs/pitr.md)", job=job,
+            )
         versions: dict[str, str] = {}
         vid = bucket.upload_file(seg.path, key, size, digest)
         if vid:
@@ -156,11 +179,22 @@ def list_segments(bucket: Bucket, job: str) -> dict[int, RemoteSegment]:
     return out
 
 
-def read_remote_manifest(bucket: Bucket, rs: RemoteSegment) -> dict[str, Any]:
+def read_remote_manifest(bucket: Bucket, rs: RemoteSegment, version_id: str | None = None) -> dict[str, Any]:
+    return _parse_manifest(bucket, rs, bucket.body(_mkey(rs), version_id).read())
+
+
+def _mkey(rs: RemoteSegment) -> str:
     assert rs.manifest_key is not None
-    data = json.loads(bucket.body(rs.manifest_key).read())
+    return rs.manifest_key
+
+
+def _parse_manifest(bucket: Bucket, rs: RemoteSegment, raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
     if not isinstance(data, dict) or "sha256" not in data or "bytes" not in data:
-        raise S3Error(f"{bucket.url(rs.manifest_key)}: not a segment manifest")
+        raise S3Error(f"{bucket.url(_mkey(rs))}: not a segment manifest")
     return data
 
 
@@ -194,11 +228,14 @@ def fetch_segments(bucket: Bucket, store_root: Path, job: str) -> tuple[int, lis
 
 def _fetch_one(bucket: Bucket, segments: SegmentStore, rs: RemoteSegment) -> str | None:
     assert rs.data_key is not None and rs.manifest_key is not None
-    manifest = read_remote_manifest(bucket, rs)
+    dhead, mhead = bucket.head(rs.data_key), bucket.head(rs.manifest_key)
+    mversion = (mhead or {}).get("VersionId")
+    mversion = mversion if mversion and mversion != "null" else None
+    raw_manifest = bucket.body(rs.manifest_key, mversion).read()  # the bytes checked are the bytes kept
+    manifest = _parse_manifest(bucket, rs, raw_manifest)
     name = rs.data_key.rsplit("/", 1)[1]
     if manifest.get("file") != name or int(manifest.get("seq", -1)) != rs.seq:
         return f"{bucket.url(rs.manifest_key)}: names {manifest.get('file')}, not {name}"
-    dhead, mhead = bucket.head(rs.data_key), bucket.head(rs.manifest_key)
     tmp = segments.tmp_path(rs.seq)
     digest, size = hashlib.sha256(), 0
     with tmp.open("wb") as out:
@@ -214,7 +251,7 @@ def _fetch_one(bucket: Bucket, segments: SegmentStore, rs: RemoteSegment) -> str
         return f"{bucket.url(rs.data_key)}: {size} bytes, sha256 {digest.hexdigest()[:12]}: does not match its manifest"
     final = segments.dir / segment_file_name(rs.seq, name[len(f"{rs.seq:08d}.binlog") :])
     os.replace(tmp, final)
-    write_private_file(segments.dir / f"{rs.seq:08d}{MANIFEST_SUFFIX}", bucket.body(rs.manifest_key).read())
+    replace_private_file(segments.dir / f"{rs.seq:08d}{MANIFEST_SUFFIX}", raw_manifest)
     fsync_dir(segments.dir)
     seg = Segment(rs.seq, final, manifest)
     _write_record(seg, {

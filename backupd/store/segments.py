@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from backupd.engine.compression import iter_chunks, open_decompressed
-from backupd.fsutil import ensure_private_dir, fsync_dir, write_private_file
+from backupd.fsutil import ensure_private_dir, fsync_dir, replace_private_file
 
 SEGMENTS_DIR = "binlog"
 TMP_PREFIX = ".tmp-"
@@ -168,7 +168,8 @@ class SegmentStore:
         return 1 if last is None else last.seq + 1
 
     def commit(self, tmp: Path, seq: int, ext: str, manifest: dict[str, Any]) -> Segment:
-        """fsync + rename the data file, then write the manifest (0600, fsynced) and fsync the directory."""
+        """fsync + rename the data file, then the manifest (0600, temp name, fsync, rename), then fsync the
+        directory: the manifest appears whole or not at all."""
         final = self.dir / segment_file_name(seq, ext)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -177,7 +178,7 @@ class SegmentStore:
             os.close(fd)
         os.replace(tmp, final)
         manifest = {**manifest, "kind": SEGMENT_KIND, "seq": seq, "file": final.name}
-        write_private_file(self.dir / f"{seq:08d}{MANIFEST_SUFFIX}", json.dumps(manifest, indent=2).encode())
+        replace_private_file(self.dir / f"{seq:08d}{MANIFEST_SUFFIX}", json.dumps(manifest, indent=2).encode())
         fsync_dir(self.dir)
         return Segment(seq, final, manifest)
 

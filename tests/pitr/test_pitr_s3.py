@@ -261,3 +261,33 @@ def test_s3_keeps_what_its_bases_need_and_local_prune_waits_for_the_copy(
     assert gone == expect and all(r.done for r in rows_ if r.where == "s3" and r.backup_id.startswith("segment"))
     remote = list_segments(bucket_of(cfg), JOB)
     assert set(remote) == {s.seq for s in w.segments()} - expect  # the base's own segment and all after it stay
+
+
+def test_a_new_chain_never_overwrites_another_segment_with_its_number(
+    pitr_world: World, s3_env: MotoS3, tmp_path: Path
+) -> None:
+    """A new machine streaming before `catalog rebuild --from-s3` restarts at seq 1: its copy must not
+    shadow the bucket's segment 00000001 (whose bytes differ)."""
+    from backupd.errors import BackupdError
+    from backupd.store.s3_segments import copy_segment
+
+    w = pitr_world
+    cfg, bucket = clone(w, tmp_path, s3_env)
+    b = bucket_of(cfg)
+    first = segs(cfg).segments()[0]
+    copy_segment(b, JOB, first)
+    key = f"{PREFIX}{JOB}/binlog/{first.path.name}"
+    before = s3_env.client().head_object(Bucket=bucket, Key=key)["Metadata"]["sha256"]
+    other = SegmentStore(tmp_path / "new-machine", JOB)
+    tmp = other.tmp_path(first.seq)
+    data = first.path.read_bytes()[:-1] + b"\0"  # other bytes under the same number
+    tmp.write_bytes(data)
+    import hashlib
+
+    man = {**first.manifest, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    seg = other.commit(tmp, first.seq, first.path.name[len(f"{first.seq:08d}.binlog"):], man)
+    with pytest.raises(BackupdError, match="already holds another segment"):
+        copy_segment(b, JOB, seg)
+    assert s3_env.client().head_object(Bucket=bucket, Key=key)["Metadata"]["sha256"] == before
+    assert seg.s3_record() is None  # still pending: never recorded as copied
+    copy_segment(b, JOB, first)  # the same bytes again (a lost record) are fine
