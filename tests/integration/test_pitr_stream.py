@@ -323,6 +323,13 @@ def test_servers_that_cannot_stream_are_refused_with_one_line(db: MariaDB, tmp_p
         db.execute("SET GLOBAL binlog_format = 'ROW'")
     assert done.returncode != 0 and "binlog_format is STATEMENT, pitr needs ROW" in done.stderr, done.stderr
 
+    db.execute("SET GLOBAL log_bin_compress = ON")
+    try:
+        done = run_cli(env.config, "stream", "db")
+    finally:
+        db.execute("SET GLOBAL log_bin_compress = OFF")
+    assert done.returncode != 0 and "log_bin_compress is ON" in done.stderr, done.stderr
+
     with MariaDB() as nolog:
         env = Env(nolog, tmp_path / "nolog")
         done = run_cli(env.config, "stream", "db")
@@ -430,3 +437,25 @@ def test_a_refused_segment_is_streamed_again_with_its_gtids_once(
     assert_chain_exact(env.store)
     seqs = [g.seq for g in all_gtids(env.store)]  # every transaction exactly once, none left out
     assert seqs == list(range(seqs[0], server_gtids(db) + 1))
+
+
+def test_log_bin_compress_switched_on_while_streaming_stops_the_stream(db: MariaDB, tmp_path: Path) -> None:
+    """A compressed query event hides its statement (a DDL the restore must refuse): one line, non-zero."""
+    env = Env(db, tmp_path / "compress")
+    proc = env.stream()
+    try:
+        env.insert(2)
+        wait_for(lambda: caught_up(env.store, db), timeout=20)
+        db.execute("SET GLOBAL log_bin_compress = ON")
+        try:  # a statement longer than log_bin_compress_min_len (256 bytes) is written compressed
+            db.execute(f"ALTER TABLE t ADD COLUMN c INT COMMENT '{'x' * 400}'", database=env.database)
+        finally:
+            db.execute("SET GLOBAL log_bin_compress = OFF")
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode != 0 and "a compressed query event: log_bin_compress is ON" in err, err
+    assert "Traceback" not in err
+    assert_chain_exact(env.store)

@@ -281,6 +281,11 @@ class BinlogStream:
                 continue
             self.seen_at = time.time()
             ev = fast_event(raw, conn.label)
+            if typ == QUERY_COMPRESSED:  # log_bin_compress switched on while streaming (checks.py refuses it)
+                self._commit_open()  # the whole transactions before it are kept
+                raise StepError("stream", f"{file}:{ev.next_pos}: a compressed query event: log_bin_compress is"
+                                " ON; pitr must read each statement (DDL a restore cannot rewrite is refused),"
+                                " so set log_bin_compress=OFF", host=conn.label)
             if typ == HEARTBEAT:
                 self.server_pos = BinlogPos(ev.body.decode("utf-8", "replace"), ev.next_pos)
                 self._maybe_close()
