@@ -323,6 +323,13 @@ def test_servers_that_cannot_stream_are_refused_with_one_line(db: MariaDB, tmp_p
         db.execute("SET GLOBAL binlog_format = 'ROW'")
     assert done.returncode != 0 and "binlog_format is STATEMENT, pitr needs ROW" in done.stderr, done.stderr
 
+    db.execute("SET GLOBAL log_bin_compress = ON")
+    try:
+        done = run_cli(env.config, "stream", "db")
+    finally:
+        db.execute("SET GLOBAL log_bin_compress = OFF")
+    assert done.returncode != 0 and "log_bin_compress is ON" in done.stderr, done.stderr
+
     with MariaDB() as nolog:
         env = Env(nolog, tmp_path / "nolog")
         done = run_cli(env.config, "stream", "db")
@@ -380,4 +387,75 @@ def test_the_daemon_supervises_the_stream(db: MariaDB, tmp_path: Path) -> None:
     assert rc == 0
     assert "stream_stopped" in [e["event"] for e in daemon.events()]
     assert caught_up(env.store, db), "the open segment was committed when the daemon stopped"
+    assert_chain_exact(env.store)
+
+
+def test_a_refused_segment_is_streamed_again_with_its_gtids_once(
+    db: MariaDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment refused by its check (one event's bytes corrupted once, in process) is never committed, and
+    its transactions come again: the next segments' GTID lists start from the committed state, not from the
+    refused transactions (which made every retry fail "GTID ... does not follow ..." before)."""
+    import io
+    import threading
+
+    from backupd.actions.stream import stream_job
+    from backupd.config import load_config
+    from backupd.logs import EventLog
+    from backupd.sources.mysql.stream.segmenter import OpenSegment
+
+    env = Env(db, tmp_path / "refuse", segment="1s")
+    add = OpenSegment.add
+    corrupted: list[int] = []
+
+    def corrupt_once(self: OpenSegment, evs: list[bytes], first_ts: int) -> None:
+        if not corrupted and self.follows is not None:  # mid-chain (a new chain's state comes from the server)
+            last = bytearray(evs[-1])
+            last[-6] ^= 0xFF  # inside the event: its CRC32 no longer matches
+            evs = [*evs[:-1], bytes(last)]
+            corrupted.append(self.seq)
+        add(self, evs, first_ts)
+
+    monkeypatch.setattr(OpenSegment, "add", corrupt_once)
+    out = io.StringIO()
+    stop = threading.Event()
+    config = load_config(env.config)
+    thread = threading.Thread(target=stream_job, args=(config, "db", stop, EventLog("json", stream=out)))
+    thread.start()
+    try:
+        wait_for(lambda: caught_up(env.store, db), timeout=20)
+        env.insert(3)
+        wait_for(lambda: caught_up(env.store, db), timeout=20)
+        env.insert(2)
+        wait_for(lambda: caught_up(env.store, db), timeout=20)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    names = [e["event"] for e in events(out.getvalue())]
+    assert corrupted and names.count("pitr_segment_refused") == 1, names
+    assert_chain_exact(env.store)
+    seqs = [g.seq for g in all_gtids(env.store)]  # every transaction exactly once, none left out
+    assert seqs == list(range(seqs[0], server_gtids(db) + 1))
+
+
+def test_log_bin_compress_switched_on_while_streaming_stops_the_stream(db: MariaDB, tmp_path: Path) -> None:
+    """A compressed query event hides its statement (a DDL the restore must refuse): one line, non-zero."""
+    env = Env(db, tmp_path / "compress")
+    proc = env.stream()
+    try:
+        env.insert(2)
+        wait_for(lambda: caught_up(env.store, db), timeout=20)
+        db.execute("SET GLOBAL log_bin_compress = ON")
+        try:  # a statement longer than log_bin_compress_min_len (256 bytes) is written compressed
+            db.execute(f"ALTER TABLE t ADD COLUMN c INT COMMENT '{'x' * 400}'", database=env.database)
+        finally:
+            db.execute("SET GLOBAL log_bin_compress = OFF")
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode != 0 and "a compressed query event: log_bin_compress is ON" in err, err
+    assert "Traceback" not in err
     assert_chain_exact(env.store)

@@ -41,6 +41,8 @@ def test_each_rule_is_one_clear_line() -> None:
     assert "log_bin is OFF" in refusal(facts(log_bin="OFF"))
     assert "binlog_format is MIXED, pitr needs ROW" in refusal(facts(binlog_format="MIXED"))
     assert "binlog_checksum is NONE" in refusal(facts(binlog_checksum="NONE"))
+    assert "log_bin_compress is ON" in refusal(facts(log_bin_compress="ON"))  # compressed events hide DDL
+    assert check_facts(facts(log_bin_compress="OFF"), lambda: GRANTS, "db:3306")
     assert "lacks BINLOG MONITOR ON *.*" in refusal(facts(), ["GRANT REPLICATION SLAVE ON *.* TO `s`@`%`"])
     on_one_db = ["GRANT REPLICATION SLAVE, BINLOG MONITOR ON `shop`.* TO `s`@`%`"]  # not global: no use
     assert "lacks REPLICATION SLAVE and BINLOG MONITOR" in refusal(facts(), on_one_db)

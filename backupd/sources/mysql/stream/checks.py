@@ -69,6 +69,11 @@ def check_facts(facts: ServerFacts, grants: Callable[[], list[str]], host: str) 
         )
     if facts.var("binlog_checksum").upper() in ("", "NONE"):
         raise refuse("binlog_checksum is NONE: set binlog_checksum=CRC32 so every streamed event can be checked")
+    if facts.var("log_bin_compress").upper() == "ON":
+        raise refuse(
+            "log_bin_compress is ON: pitr reads each statement of the binlog to refuse DDL a restore cannot"
+            " rewrite, and compressed events hide it; set log_bin_compress=OFF"
+        )
     privs = global_privileges(grants())
     has_all = "ALL PRIVILEGES" in privs or "ALL" in privs
     missing = [p for p, alts in (("REPLICATION SLAVE", ("REPLICATION SLAVE", "REPLICATION REPLICA")),

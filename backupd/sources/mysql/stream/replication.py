@@ -91,6 +91,7 @@ class ReplicationConnection:
         names = (
             "version", "log_bin", "binlog_format", "binlog_checksum", "binlog_expire_logs_seconds",
             "expire_logs_days", "server_id", "gtid_binlog_pos", "gtid_domain_id", "log_bin_basename",
+            "log_bin_compress",
         )
         quoted = ",".join(f"'{n}'" for n in names)
         sql = "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME IN "

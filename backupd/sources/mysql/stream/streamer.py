@@ -161,6 +161,10 @@ class BinlogStream:
         self._fde: bytes | None = None  # the current file's Format_description, as the server sent it
         self.at: BinlogPos | None = None  # the last transaction boundary the stream reached
         self.chain = self._resume_point()
+        # the GTID state as transactions arrive; `chain.gtid` is the committed one (the last `gtid_end`).
+        # Anything not committed (a refused segment, a dropped link) is streamed again from `chain.end`,
+        # so every session starts this over from the committed state.
+        self.gtid = self.chain.gtid.copy()
 
     # -- where to start -----------------------------------------------------------------------------
     def _resume_point(self) -> Chain:
@@ -237,6 +241,7 @@ class BinlogStream:
             except Exception as exc:  # a notification never stops the stream
                 self._event("warning", step="notify", error=f"pitr_gap: {type(exc).__name__}: {exc}")
         self.chain = Chain(None)
+        self.gtid = GtidState()
         self._write_state(force=True)
 
     def _session(self, conn: ReplicationConnection) -> None:
@@ -248,6 +253,7 @@ class BinlogStream:
             chain.end = BinlogPos(logs[0][0], 4)
             chain.new = True
         start = chain.end
+        self.gtid = chain.gtid.copy()  # what was not committed is streamed again: its GTIDs too
         conn.dump(start, self.server_id, self.heartbeat)
         self._event("pitr_streaming", start=str(start), gtid=str(chain.gtid), server=conn.label)
         tx = TxTracker()
@@ -275,6 +281,11 @@ class BinlogStream:
                 continue
             self.seen_at = time.time()
             ev = fast_event(raw, conn.label)
+            if typ == QUERY_COMPRESSED:  # log_bin_compress switched on while streaming (checks.py refuses it)
+                self._commit_open()  # the whole transactions before it are kept
+                raise StepError("stream", f"{file}:{ev.next_pos}: a compressed query event: log_bin_compress is"
+                                " ON; pitr must read each statement (DDL a restore cannot rewrite is refused),"
+                                " so set log_bin_compress=OFF", host=conn.label)
             if typ == HEARTBEAT:
                 self.server_pos = BinlogPos(ev.body.decode("utf-8", "replace"), ev.next_pos)
                 self._maybe_close()
@@ -315,7 +326,7 @@ class BinlogStream:
                 self.open = self._new_segment(self._fde)
             self.open.add(pending, tx.first_ts)
             pending = []
-            self.chain.gtid.apply(ended)
+            self.gtid.apply(ended)
             self._advance(BinlogPos(file, ev.next_pos))
             self._maybe_close()
             self._write_state()
@@ -330,8 +341,9 @@ class BinlogStream:
         chain = self.chain
         if chain.new and self.open is None:
             chain.gtid = server_state
-        elif server_state != chain.gtid:
-            raise Gap(f"the server's GTID state at {pos.file} is {server_state or 'empty'}, the stream's {chain.gtid}")
+            self.gtid = server_state.copy()
+        elif server_state != self.gtid:
+            raise Gap(f"the server's GTID state at {pos.file} is {server_state or 'empty'}, the stream's {self.gtid}")
         self._advance(pos)
 
     def _new_segment(self, fde: bytes) -> OpenSegment:
@@ -373,13 +385,18 @@ class BinlogStream:
         if self.open is not None:
             self.open.abort()
             self.open = None
+        self.gtid = self.chain.gtid.copy()
 
     def _commit(self, end: BinlogPos, ts: int | None = None) -> Segment:
         seg = self.open
         assert seg is not None
         self.open = None
-        committed = seg.commit(end, self.chain.gtid, ts)
-        self.chain = Chain(end, self.chain.gtid.copy(), committed.seq, new=False)
+        try:
+            committed = seg.commit(end, self.gtid, ts)
+        except SegmentCheckError:  # its transactions are streamed again from the committed end
+            self.gtid = self.chain.gtid.copy()
+            raise
+        self.chain = Chain(end, self.gtid.copy(), committed.seq, new=False)
         self.committed_at = time.time()
         self._event(
             "pitr_segment", seq=committed.seq, start=str(committed.start), end=str(end),
