@@ -19,8 +19,9 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from backupd.actions.intact import ensure_intact
 from backupd.actions.keys import load_keys, require_unlock
-from backupd.actions.restore import ensure_intact, pick_backup
+from backupd.actions.restore import pick_backup
 from backupd.engine.crypto import unlocking
 from backupd.errors import BackupdError, UsageError
 from backupd.fsutil import ensure_private_dir

@@ -109,6 +109,22 @@ def test_an_altered_segment_is_refused(pitr_world: World, capsys: pytest.Capture
     assert w.target.execute("SHOW DATABASES LIKE 'shop'") == [], "refused before anything was written"
 
 
+def test_an_altered_base_is_refused(pitr_world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    w = pitr_world
+    cfg = w.clone(tmp_path / "w")
+    bdir = tmp_path / "w" / "store" / JOB / w.bases[-1]
+    art = json.loads((bdir / "manifest.json").read_text())["artifacts"][0]
+    path = bdir / art["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    drop(w, "shop")
+    rc, _, err = restore(capsys, cfg, w, second(sorted(w.snapshots)[-1]), w.to("shop"), "--database", "shop")
+    assert rc != 0 and f"backup {w.bases[-1]}: {art['file']}:" in err and "refusing to restore" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert w.target.execute("SHOW DATABASES LIKE 'shop'") == [], "refused before anything was written"
+
+
 def test_a_hole_in_the_chain_is_refused(pitr_world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     w = pitr_world
     cfg = w.clone(tmp_path / "w")
