@@ -4,7 +4,9 @@ prune, status and metrics share it, so they can never disagree about the window 
 
 A base is a verified backup whose artifacts record `binlog_position = {file, pos, gtid}` (the consistent
 snapshot of each database's dump). It can be rolled forward with a chain of segments (`segments.chains`)
-that covers its position: `chain[0].start <= pos <= chain[-1].end`. Its snapshot is older than the
+that covers its position, `chain[0].start <= pos <= chain[-1].end`, and agrees with its GTID state (per
+domain the base records, the chain's `gtid_start` <= the base's seq_no <= its `gtid_end`: after a RESET
+MASTER or a failover an old base's file:pos can fall inside a new chain's range). Its snapshot is older than the
 backup's `finished_at`, which is the instant the base counts from: conservative, never a second too early.
 
 Targets (`--until`): a time (ISO 8601; one-second resolution, like the event timestamps: transactions
@@ -27,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backupd.errors import BackupdError, UsageError
+from backupd.formats.binlog import GtidState
 from backupd.store.backups import StoredBackup
 from backupd.store.segments import BinlogPos, Segment, SegmentStore, chains, parse_time
 
@@ -155,6 +158,35 @@ def covers(chain: list[Segment], pos: BinlogPos) -> bool:
     return chain[0].start <= pos <= chain[-1].end
 
 
+def _gtid_state(text: object) -> GtidState | None:
+    try:
+        return GtidState.parse(str(text or ""))
+    except ValueError:
+        return None
+
+
+def gtid_agrees(chain: list[Segment], gtid: dict[int, int]) -> bool:
+    """Per domain of the base's GTID state: `chain[0].gtid_start` <= its seq_no <= `chain[-1].gtid_end`.
+
+    A domain the chain starts without counts from 0; one the chain never reaches disagrees. Segments
+    without GTID fields (or a base without a GTID state) are judged by position alone."""
+    if "gtid_end" not in chain[-1].manifest or not gtid:
+        return True
+    start, end = _gtid_state(chain[0].manifest.get("gtid_start")), _gtid_state(chain[-1].manifest["gtid_end"])
+    if start is None or end is None:
+        return False
+    for domain, seq in gtid.items():
+        first, last = start.by_domain.get(domain), end.by_domain.get(domain)
+        if (first is not None and seq < first.seq) or last is None or seq > last.seq:
+            return False
+    return True
+
+
+def pairs(chain: list[Segment], base: Base) -> bool:
+    """This chain rolls this base forward: it covers the base's position and agrees with its GTID state."""
+    return covers(chain, base.pos) and gtid_agrees(chain, base.gtid)
+
+
 @dataclass
 class Window:
     """The instants a restore can reach: from `start` (the oldest base the newest chain covers) to `end`
@@ -172,7 +204,7 @@ def window(backups: list[StoredBackup], segs: list[Segment], database: str | Non
         return Window(None, None, None, [])
     newest = runs[-1]
     end = newest[-1].last_time
-    usable = [b for b in bases(backups, database) if covers(newest, b.pos) and b.taken <= end]
+    usable = [b for b in bases(backups, database) if pairs(newest, b) and b.taken <= end]
     if not usable:
         return Window(None, end, None, newest)
     return Window(usable[0].taken, end, usable[0], newest)
@@ -228,7 +260,7 @@ def _segments_for(chain: list[Segment], base: Base, until: Until) -> list[Segmen
 def plan_from(base: Base, segs: list[Segment], until: Until) -> Plan:
     """Roll this base forward to `until` (a drill's pair of bases): its chain must reach the target."""
     for chain in chains(segs):
-        if not covers(chain, base.pos):
+        if not pairs(chain, base):
             continue
         if not _in_chain(chain, until):
             last = chain[-1]
@@ -258,7 +290,7 @@ def plan_restore(backups: list[StoredBackup], segs: list[Segment], until: Until,
     for chain in reversed(runs):
         if not _in_chain(chain, until):
             continue
-        usable = [b for b in all_bases if covers(chain, b.pos) and _before_target(b, until)]
+        usable = [b for b in all_bases if pairs(chain, b) and _before_target(b, until)]
         if usable:
             base = usable[-1]
             return Plan(base, _segments_for(chain, base, until), until)
@@ -284,7 +316,7 @@ def _refuse(
     if len(runs) > 1 and any(_before_target(b, until) for b in all_bases):
         # the target is reachable only across a break: name the first break after the newest base before it
         for prev, nxt in itertools.pairwise(runs):
-            if any(covers(prev, b.pos) or b.pos < prev[0].start for b in all_bases if _before_target(b, until)):
+            if any(pairs(prev, b) or b.pos < prev[0].start for b in all_bases if _before_target(b, until)):
                 a, b2 = prev[-1], nxt[0]
                 raise BackupdError(
                     f"restore: the binlog chain of job {job} is broken after segment {a.seq:08d} (ends at {a.end},"
@@ -306,7 +338,7 @@ def window_keep(
     edge = now - timedelta(seconds=window_seconds)
     runs = list(chains([s for s in segs if not s.manifest.get("unreadable")]))
     all_bases = bases(backups)
-    covered = [b for b in all_bases if any(covers(c, b.pos) for c in runs)]
+    covered = [b for b in all_bases if any(pairs(c, b) for c in runs)]
     if not covered:
         return set(), [], None
     older = [b for b in covered if b.taken <= edge]

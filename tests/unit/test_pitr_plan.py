@@ -14,7 +14,7 @@ from backupd.formats.sqldump import SqlDumpChecker
 from backupd.sources.mysql.dump import dump_argv
 from backupd.sources.mysql.pitr import qualified_ref
 from backupd.store.backups import StoredBackup
-from backupd.store.pitr import parse_until, plan_restore, window, window_keep
+from backupd.store.pitr import gtid_agrees, parse_until, plan_restore, window, window_keep
 from backupd.store.segments import BinlogPos, Segment
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -104,6 +104,27 @@ def test_plan_refusals(tmp_path: Path) -> None:
     holed = [s for s in segs if s.seq != 3]
     with pytest.raises(BackupdError, match="broken after segment 00000002"):
         plan_restore(backups, holed, parse_until("2026-12-01T12:08:00Z"), "shop")
+
+
+def test_a_base_pairs_only_with_a_chain_its_gtids_agree_with(tmp_path: Path) -> None:
+    """After RESET MASTER the new chain reuses bin.000001's positions: B1's 150 falls in it, its GTID does not."""
+    m = timedelta(minutes=1)
+    b1 = _backup(tmp_path, "B1", 150, T0 + m)  # gtid 0-1-150, from the old numbering
+    segs = [_seg(1, 4, 100, T0, T0 + m / 2, None), _seg(2, 100, 300, T0 + m / 2, T0 + 3 * m, 1),
+            _seg(3, 4, 400, T0 + 4 * m, T0 + 6 * m, None), _seg(4, 400, 700, T0 + 6 * m, T0 + 9 * m, 3)]
+    segs[2].manifest.update(gtid_start="", gtid_end="0-1-40")
+    segs[3].manifest.update(gtid_start="0-1-40", gtid_end="0-1-70")
+    target = parse_until("2026-12-01T12:08:00Z")
+    with pytest.raises(BackupdError, match="restore: "):
+        plan_restore([b1], segs, target, "shop")  # by position alone it would replay the new chain onto B1
+    assert window([b1], segs).start is None
+    b3 = _backup(tmp_path, "B3", 500, T0 + 7 * m)
+    b3.manifest["artifacts"][0]["binlog_position"]["gtid"] = "0-1-50"
+    plan = plan_restore([b1, b3], segs, target, "shop")
+    assert plan.base.backup.backup_id == "B3" and [s.seq for s in plan.segments] == [4]
+    # a domain the chain never reaches, or a seq_no before the chain's start, disagrees too
+    assert not gtid_agrees(segs[2:], {0: 50, 1: 3}) and not gtid_agrees(segs[3:], {0: 30})
+    assert gtid_agrees(segs[3:], {0: 50})
 
 
 def test_window_keep(tmp_path: Path) -> None:

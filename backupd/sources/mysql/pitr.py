@@ -53,6 +53,7 @@ from backupd.store.pitr import (
     bases,
     covers,
     iso,
+    pairs,
     parse_until,
     pick_database,
     plan_from,
@@ -234,11 +235,12 @@ def pitr_drill_sql(
 
 
 def chain_pair(backups: list[StoredBackup], segs: list[Segment]) -> tuple[Base, Base] | None:
-    """The newest two consecutive bases whose positions one chain of segments covers."""
+    """The newest two consecutive bases one chain of segments rolls forward (positions and GTIDs)."""
     found = bases(backups)
     runs = list(chains([s for s in segs if not s.manifest.get("unreadable")]))
     for older, newer in reversed(list(itertools.pairwise(found))):
-        if any(covers(c, older.pos) and covers(c, max(newer.positions.values(), key=lambda p: p.key)) for c in runs):
+        newest_pos = max(newer.positions.values(), key=lambda p: p.key)
+        if any(pairs(c, older) and pairs(c, newer) and covers(c, newest_pos) for c in runs):
             return older, newer
     if len(found) >= 2:  # consecutive bases exist but no chain joins them: the drill fails and says where
         return found[-2], found[-1]
