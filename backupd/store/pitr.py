@@ -12,7 +12,7 @@ backup's `finished_at`, which is the instant the base counts from: conservative,
 Targets (`--until`): a time (ISO 8601; one-second resolution, like the event timestamps: transactions
 committed in seconds before TIME's are replayed, the first one at or after it ends the replay), a binlog
 position `file:pos` (transactions ending at or before it), or a GTID `domain-server-seq` (up to and
-including it).
+including it). A bare date (`2026-12-01`) is refused: it would read as a GTID, and midnight is a guess.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from backupd.store.segments import BinlogPos, Segment, SegmentStore, chains, par
 
 _GTID_RE = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 _POS_RE = re.compile(r"^(?P<file>[^:\s]+\.\d+):(?P<pos>\d+)$")
+# a bare date (would otherwise read as the GTID 2026-12-1): refused rather than guessed as midnight
+_DATE_RE = re.compile(r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
 
 
 def parse_gtid_state(text: str) -> dict[int, int]:
@@ -70,6 +72,11 @@ class Until:
 def parse_until(text: str) -> Until:
     """A time (converted to UTC; one without a zone is the local zone's), `file:pos` or a GTID."""
     value = text.strip()
+    if _DATE_RE.match(value):
+        raise UsageError(
+            f"restore: --until {text!r} is a date without a time: give the instant, e.g. {value}T00:00:00Z"
+            " (a GTID is domain-server-seq without zero padding)"
+        )
     if m := _GTID_RE.match(value):
         return Until(value, gtid=(int(m.group(1)), int(m.group(2)), int(m.group(3))))
     try:

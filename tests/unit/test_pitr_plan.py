@@ -29,6 +29,10 @@ def test_until_forms() -> None:
     assert naive is not None and naive.tzinfo is UTC  # the local zone's, converted
     with pytest.raises(UsageError, match="expected an ISO 8601 time"):
         parse_until("last tuesday")
+    with pytest.raises(UsageError, match="a date without a time: give the instant"):
+        parse_until("2026-12-01")  # not the GTID 2026-12-1
+    assert parse_until("2026-12-01T00:00:00Z").time == datetime(2026, 12, 1, tzinfo=UTC)
+    assert parse_until("0-1-01").gtid == (0, 1, 1) and parse_until("1-2-2026").gtid == (1, 2, 2026)
 
 
 def test_the_dump_records_the_snapshot_position() -> None:
