@@ -158,7 +158,15 @@ def _execute(config: Config, name: str, catalog: Catalog, drill_id: int, backup:
             ensure_intact(backup, step="drill verify")
             if proven:
                 report.notes.append(proven)
-            ctx = DrillContext(stack, work, report.notes)
+            held = {backup.backup_id}
+
+            def hold(other: StoredBackup) -> None:
+                if other.backup_id not in held:
+                    held.add(other.backup_id)
+                    stack.enter_context(reading(other))
+                    ensure_intact(other, step="drill verify")
+
+            ctx = DrillContext(stack, work, report.notes, hold)
             result = body(ctx)
             if not result.checks:
                 raise BackupdError(f"drill: backup {backup.backup_id} has nothing to compare")

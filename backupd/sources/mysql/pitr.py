@@ -197,6 +197,8 @@ def pitr_drill_sql(
     if pair is None:
         raise BackupdError("drill: --pitr needs two consecutive verified base backups joined by committed segments")
     older, newer = pair
+    ctx.hold(older.backup)  # rolled forward: held against a prune and re-verified like the drilled one
+    ctx.hold(newer.backup)  # its stats are the comparison
     ctx.notes.append(f"pitr chain: base {older.backup.backup_id} rolled forward to {newer.backup.backup_id}")
     scratch = mysql_scratch(drill_target, password, ctx.work, newer.backup.backup_id)
     client, optfile, host, prefix = ctx.stack.enter_context(scratch)
@@ -224,6 +226,7 @@ def pitr_drill_sql(
             db = f"{prefix}{database}"[:64]  # the original name on a scratch server: DDL naming it replays
             try:
                 plan = plan_restore(backups, segments.segments(), Until(iso(instant), time=instant), database)
+                ctx.hold(plan.base.backup)
                 n = _roll(client, optfile, host, db, database, plan)
                 checks.append(compare(f"pitr {database} replay to {iso(instant)}", "ok", "ok"))
                 ctx.notes.append(f"pitr {database}: restored to {iso(instant)} ({n} transactions replayed)")
