@@ -340,8 +340,9 @@ def window_keep(
 
     To restore to any instant since `now - window`, keep the newest base taken at or before that instant
     (else the oldest base there is), every newer base, and every segment from that base's position on.
-    Segments that end before it are pruned; so are whole chains that end before it (a gap: they can no
-    longer be rolled forward from any kept base). Without a covered base nothing is pruned."""
+    Segments of its chain that end before it are pruned; so are the whole chains before that one (a gap:
+    they can no longer be rolled forward from any kept base). Later chains are never pruned here. Without
+    a covered base nothing is pruned."""
     edge = now - timedelta(seconds=window_seconds)
     runs = list(chains([s for s in segs if not s.manifest.get("unreadable")]))
     all_bases = bases(backups)
@@ -351,7 +352,11 @@ def window_keep(
     older = [b for b in covered if b.taken <= edge]
     anchor = older[-1] if older else covered[0]
     keep = {b.backup.backup_id for b in all_bases if b.taken >= anchor.taken}
-    prune = [s for s in segs if not s.manifest.get("unreadable") and s.end <= anchor.pos]
+    # by seq, not position alone: a later chain (after RESET MASTER, say) can reuse positions below the anchor's
+    own = next(c for c in runs if pairs(c, anchor))
+    first, last = own[0].seq, own[-1].seq
+    prune = [s for s in segs if not s.manifest.get("unreadable")
+             and (s.seq < first or (s.seq <= last and s.end <= anchor.pos))]  # fmt: skip
     return keep, prune, anchor
 
 

@@ -142,6 +142,19 @@ def test_window_keep(tmp_path: Path) -> None:
     assert json.dumps(sorted(keep))
 
 
+def test_window_keep_never_prunes_a_later_chain_by_position(tmp_path: Path) -> None:
+    """After RESET MASTER, segment 3 of the new chain ends at 120, below B1's 150: it is not B1's to prune."""
+    m = timedelta(minutes=1)
+    b1 = _backup(tmp_path, "B1", 150, T0 + m)
+    segs = [_seg(1, 4, 100, T0, T0 + m / 2, None), _seg(2, 100, 300, T0 + m / 2, T0 + 3 * m, 1),
+            _seg(3, 4, 120, T0 + 4 * m, T0 + 6 * m, None), _seg(4, 120, 700, T0 + 6 * m, T0 + 9 * m, 3)]
+    segs[2].manifest.update(gtid_start="", gtid_end="0-1-12")
+    segs[3].manifest.update(gtid_start="0-1-12", gtid_end="0-1-70")
+    keep, prune, anchor = window_keep([b1], segs, 3600, T0 + timedelta(minutes=30))
+    assert anchor is not None and anchor.backup.backup_id == "B1" and keep == {"B1"}
+    assert [s.seq for s in prune] == [1]
+
+
 def test_a_restore_holding_the_segments_defers_their_prune(tmp_path: Path) -> None:
     from backupd.store.pitr import pruning_segments, reading_segments
     from backupd.store.segments import SegmentStore
