@@ -19,8 +19,9 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from backupd.actions.intact import ensure_intact
 from backupd.actions.keys import load_keys, require_unlock
-from backupd.actions.restore import ensure_intact, pick_backup
+from backupd.actions.restore import pick_backup
 from backupd.engine.crypto import unlocking
 from backupd.errors import BackupdError, UsageError
 from backupd.fsutil import ensure_private_dir
@@ -157,7 +158,15 @@ def _execute(config: Config, name: str, catalog: Catalog, drill_id: int, backup:
             ensure_intact(backup, step="drill verify")
             if proven:
                 report.notes.append(proven)
-            ctx = DrillContext(stack, work, report.notes)
+            held = {backup.backup_id}
+
+            def hold(other: StoredBackup) -> None:
+                if other.backup_id not in held:
+                    held.add(other.backup_id)
+                    stack.enter_context(reading(other))
+                    ensure_intact(other, step="drill verify")
+
+            ctx = DrillContext(stack, work, report.notes, hold)
             result = body(ctx)
             if not result.checks:
                 raise BackupdError(f"drill: backup {backup.backup_id} has nothing to compare")

@@ -6,6 +6,7 @@ backup against a concurrent prune and hands the rest to the source."""
 
 from __future__ import annotations
 
+from backupd.actions.intact import ensure_intact
 from backupd.actions.keys import load_keys, require_unlock
 from backupd.engine.crypto import unlocking
 from backupd.errors import UsageError
@@ -40,4 +41,6 @@ def restore_until(
     keys = load_keys(config, req.job, req.identity, "restore")
     require_unlock(base.backup, keys, "restore")
     with reading(base.backup), reading_segments(segments), unlocking(keys.identities):
+        ensure_intact(base.backup, thorough=False)  # the base's artifacts re-hashed, as a plain restore does
+        source_for(job).before_restore(job, base.backup, req)
         return base.backup, source.restore_until(job, backups, segments, req, progress)

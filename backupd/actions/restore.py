@@ -8,16 +8,14 @@ archive through the native restorer) is the source's own `restore` (docs/restore
 
 from __future__ import annotations
 
-from typing import Any
-
+from backupd.actions.intact import ensure_intact
 from backupd.actions.keys import load_keys, require_unlock
 from backupd.engine.crypto import unlocking
-from backupd.errors import BackupdError, StepError, UsageError
+from backupd.errors import BackupdError, UsageError
 from backupd.settings import Config
 from backupd.sources import option_owners, source_for
 from backupd.sources.base import Progress, Restored, RestoreRequest, no_progress
 from backupd.store.backups import Store, StoredBackup, reading
-from backupd.store.verify import age_header_problems, integrity_problems, verify_backup
 
 # ------------------------------------------------------------------ choosing and trusting a backup
 
@@ -33,32 +31,6 @@ def pick_backup(store: Store, job: str, backup_id: str | None) -> StoredBackup:
     if not good:
         raise BackupdError(f"restore: job {job} has no verified backup")
     return good[-1]
-
-
-def ensure_intact(backup: StoredBackup, step: str = "verify", *, thorough: bool = True) -> None:
-    """Refuse (before writing anything) a backup whose artifacts are missing, resized or re-hashed.
-
-    `thorough` also re-runs each format check (a full decompress + parse). A restore skips that: a
-    matching sha256 proves the bytes are the ones structurally verified at commit, and the second full
-    pass would nearly double a large restore. Drills run it, since they exist to be thorough.
-    """
-    if thorough:
-        problems = [(a["artifact"], a["problems"][0]) for a in verify_backup(backup) if not a["ok"]]
-    else:
-        problems = [(a["file"], p) for a in backup.manifest.get("artifacts", []) if (p := checksum_problem(backup, a))]
-    if not backup.manifest.get("artifacts"):
-        problems.append(("manifest", "lists no artifacts"))
-    if problems:
-        name, why = problems[0]
-        raise StepError(step, f"backup {backup.backup_id}: {name}: {why}; refusing to restore", job=backup.job)
-
-
-def checksum_problem(backup: StoredBackup, art: dict[str, Any]) -> str | None:
-    path = backup.path / art["file"]
-    problems = integrity_problems(path, art)
-    if not problems and art.get("encrypted"):
-        problems = age_header_problems(path, art)
-    return problems[0] if problems else None
 
 
 # ------------------------------------------------------------------ the restore

@@ -218,6 +218,9 @@ class DrillContext:
     stack: ExitStack
     work: Path
     notes: list[str] = field(default_factory=list)
+    # a drill that uses another backup than the one it was started for (the PITR drill's older base, the
+    # random instant's base) passes it here first: held against a prune for the drill and re-verified
+    hold: Callable[[StoredBackup], None] = field(default=lambda backup: None)
 
 
 @dataclass

@@ -4,13 +4,15 @@ prune, status and metrics share it, so they can never disagree about the window 
 
 A base is a verified backup whose artifacts record `binlog_position = {file, pos, gtid}` (the consistent
 snapshot of each database's dump). It can be rolled forward with a chain of segments (`segments.chains`)
-that covers its position: `chain[0].start <= pos <= chain[-1].end`. Its snapshot is older than the
+that covers its position, `chain[0].start <= pos <= chain[-1].end`, and agrees with its GTID state (per
+domain the base records, the chain's `gtid_start` <= the base's seq_no <= its `gtid_end`: after a RESET
+MASTER or a failover an old base's file:pos can fall inside a new chain's range). Its snapshot is older than the
 backup's `finished_at`, which is the instant the base counts from: conservative, never a second too early.
 
 Targets (`--until`): a time (ISO 8601; one-second resolution, like the event timestamps: transactions
 committed in seconds before TIME's are replayed, the first one at or after it ends the replay), a binlog
 position `file:pos` (transactions ending at or before it), or a GTID `domain-server-seq` (up to and
-including it).
+including it). A bare date (`2026-12-01`) is refused: it would read as a GTID, and midnight is a guess.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backupd.errors import BackupdError, UsageError
+from backupd.formats.binlog import GtidState
 from backupd.store.backups import StoredBackup
 from backupd.store.segments import BinlogPos, Segment, SegmentStore, chains, parse_time
 
 _GTID_RE = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 _POS_RE = re.compile(r"^(?P<file>[^:\s]+\.\d+):(?P<pos>\d+)$")
+# a bare date (would otherwise read as the GTID 2026-12-1): refused rather than guessed as midnight
+_DATE_RE = re.compile(r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
 
 
 def parse_gtid_state(text: str) -> dict[int, int]:
@@ -67,6 +72,11 @@ class Until:
 def parse_until(text: str) -> Until:
     """A time (converted to UTC; one without a zone is the local zone's), `file:pos` or a GTID."""
     value = text.strip()
+    if _DATE_RE.match(value):
+        raise UsageError(
+            f"restore: --until {text!r} is a date without a time: give the instant, e.g. {value}T00:00:00Z"
+            " (a GTID is domain-server-seq without zero padding)"
+        )
     if m := _GTID_RE.match(value):
         return Until(value, gtid=(int(m.group(1)), int(m.group(2)), int(m.group(3))))
     try:
@@ -155,6 +165,35 @@ def covers(chain: list[Segment], pos: BinlogPos) -> bool:
     return chain[0].start <= pos <= chain[-1].end
 
 
+def _gtid_state(text: object) -> GtidState | None:
+    try:
+        return GtidState.parse(str(text or ""))
+    except ValueError:
+        return None
+
+
+def gtid_agrees(chain: list[Segment], gtid: dict[int, int]) -> bool:
+    """Per domain of the base's GTID state: `chain[0].gtid_start` <= its seq_no <= `chain[-1].gtid_end`.
+
+    A domain the chain starts without counts from 0; one the chain never reaches disagrees. Segments
+    without GTID fields (or a base without a GTID state) are judged by position alone."""
+    if "gtid_end" not in chain[-1].manifest or not gtid:
+        return True
+    start, end = _gtid_state(chain[0].manifest.get("gtid_start")), _gtid_state(chain[-1].manifest["gtid_end"])
+    if start is None or end is None:
+        return False
+    for domain, seq in gtid.items():
+        first, last = start.by_domain.get(domain), end.by_domain.get(domain)
+        if (first is not None and seq < first.seq) or last is None or seq > last.seq:
+            return False
+    return True
+
+
+def pairs(chain: list[Segment], base: Base) -> bool:
+    """This chain rolls this base forward: it covers the base's position and agrees with its GTID state."""
+    return covers(chain, base.pos) and gtid_agrees(chain, base.gtid)
+
+
 @dataclass
 class Window:
     """The instants a restore can reach: from `start` (the oldest base the newest chain covers) to `end`
@@ -172,7 +211,7 @@ def window(backups: list[StoredBackup], segs: list[Segment], database: str | Non
         return Window(None, None, None, [])
     newest = runs[-1]
     end = newest[-1].last_time
-    usable = [b for b in bases(backups, database) if covers(newest, b.pos) and b.taken <= end]
+    usable = [b for b in bases(backups, database) if pairs(newest, b) and b.taken <= end]
     if not usable:
         return Window(None, end, None, newest)
     return Window(usable[0].taken, end, usable[0], newest)
@@ -228,7 +267,7 @@ def _segments_for(chain: list[Segment], base: Base, until: Until) -> list[Segmen
 def plan_from(base: Base, segs: list[Segment], until: Until) -> Plan:
     """Roll this base forward to `until` (a drill's pair of bases): its chain must reach the target."""
     for chain in chains(segs):
-        if not covers(chain, base.pos):
+        if not pairs(chain, base):
             continue
         if not _in_chain(chain, until):
             last = chain[-1]
@@ -258,7 +297,7 @@ def plan_restore(backups: list[StoredBackup], segs: list[Segment], until: Until,
     for chain in reversed(runs):
         if not _in_chain(chain, until):
             continue
-        usable = [b for b in all_bases if covers(chain, b.pos) and _before_target(b, until)]
+        usable = [b for b in all_bases if pairs(chain, b) and _before_target(b, until)]
         if usable:
             base = usable[-1]
             return Plan(base, _segments_for(chain, base, until), until)
@@ -284,7 +323,7 @@ def _refuse(
     if len(runs) > 1 and any(_before_target(b, until) for b in all_bases):
         # the target is reachable only across a break: name the first break after the newest base before it
         for prev, nxt in itertools.pairwise(runs):
-            if any(covers(prev, b.pos) or b.pos < prev[0].start for b in all_bases if _before_target(b, until)):
+            if any(pairs(prev, b) or b.pos < prev[0].start for b in all_bases if _before_target(b, until)):
                 a, b2 = prev[-1], nxt[0]
                 raise BackupdError(
                     f"restore: the binlog chain of job {job} is broken after segment {a.seq:08d} (ends at {a.end},"
@@ -301,18 +340,23 @@ def window_keep(
 
     To restore to any instant since `now - window`, keep the newest base taken at or before that instant
     (else the oldest base there is), every newer base, and every segment from that base's position on.
-    Segments that end before it are pruned; so are whole chains that end before it (a gap: they can no
-    longer be rolled forward from any kept base). Without a covered base nothing is pruned."""
+    Segments of its chain that end before it are pruned; so are the whole chains before that one (a gap:
+    they can no longer be rolled forward from any kept base). Later chains are never pruned here. Without
+    a covered base nothing is pruned."""
     edge = now - timedelta(seconds=window_seconds)
     runs = list(chains([s for s in segs if not s.manifest.get("unreadable")]))
     all_bases = bases(backups)
-    covered = [b for b in all_bases if any(covers(c, b.pos) for c in runs)]
+    covered = [b for b in all_bases if any(pairs(c, b) for c in runs)]
     if not covered:
         return set(), [], None
     older = [b for b in covered if b.taken <= edge]
     anchor = older[-1] if older else covered[0]
     keep = {b.backup.backup_id for b in all_bases if b.taken >= anchor.taken}
-    prune = [s for s in segs if not s.manifest.get("unreadable") and s.end <= anchor.pos]
+    # by seq, not position alone: a later chain (after RESET MASTER, say) can reuse positions below the anchor's
+    own = next(c for c in runs if pairs(c, anchor))
+    first, last = own[0].seq, own[-1].seq
+    prune = [s for s in segs if not s.manifest.get("unreadable")
+             and (s.seq < first or (s.seq <= last and s.end <= anchor.pos))]  # fmt: skip
     return keep, prune, anchor
 
 

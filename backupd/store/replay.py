@@ -110,6 +110,7 @@ class _ReadAhead:
         return False
 
     def _work(self, segs: list[Segment]) -> None:
+        seg: Segment | None = None
         try:
             for seg in segs:
                 problems = check_segment(seg)
@@ -121,7 +122,11 @@ class _ReadAhead:
                             return
                 if not self._put(_END):
                     return
-        except BaseException as exc:  # raised again by the scanning thread, where the segment is named
+        except BackupdError as exc:  # raised again by the scanning thread
+            self._put(exc)
+        except Exception as exc:  # OSError while hashing, zstd's errors while decompressing: name the segment
+            self._put(segment_error(seg, exc) if seg is not None else exc)
+        except BaseException as exc:
             self._put(exc)
 
     def _get(self) -> object:
@@ -140,6 +145,12 @@ class _ReadAhead:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def segment_error(seg: Segment, exc: BaseException) -> BackupdError:
+    """An error reading a segment's bytes (not a check's verdict) as one line naming the segment."""
+    why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+    return BackupdError(f"restore: segment {seg.seq:08d}: {why}; refusing to replay")
 
 
 def _scan_segment(seg: Segment, chunks: Iterator[bytes], start: BinlogPos, plan: Plan, database: str | None,
@@ -187,7 +198,7 @@ def _scan_segment(seg: Segment, chunks: Iterator[bytes], start: BinlogPos, plan:
     except BinlogError as exc:
         raise BackupdError(f"restore: segment {seg.seq:08d}: {exc}; refusing to replay") from None
     except OSError as exc:
-        raise BackupdError(f"restore: segment {seg.seq:08d}: {exc}") from None
+        raise segment_error(seg, exc) from None
     if reader.pending or split.in_transaction:
         raise BackupdError(f"restore: segment {seg.seq:08d}: truncated (ends inside an event or a transaction)")
     if begin >= 0:
@@ -219,7 +230,12 @@ def replay_bytes(result: Scan) -> Iterator[bytes]:
         if piece.fde != current:
             yield piece.fde
             current = piece.fde
-        offset = 0
+        yield from _piece_bytes(piece)
+
+
+def _piece_bytes(piece: Piece) -> Iterator[bytes]:
+    offset = 0
+    try:
         with open_segment(piece.seg) as fh:
             for chunk in iter_chunks(fh):
                 lo, hi = offset, offset + len(chunk)
@@ -229,3 +245,7 @@ def replay_bytes(result: Scan) -> Iterator[bytes]:
                 yield chunk[max(0, piece.begin - lo) : max(0, min(len(chunk), piece.end - lo))]
                 if hi >= piece.end:
                     break
+    except BackupdError:
+        raise
+    except Exception as exc:  # the bytes changed since the scan proved them, or the disk failed
+        raise segment_error(piece.seg, exc) from exc

@@ -64,3 +64,19 @@ def test_the_chain_drill_refuses_an_altered_segment(pitr_world: World, capsys: p
     rc, reports, _ = drill(capsys, cfg, "--pitr")
     assert rc == 1
     assert "sha256 does not match" in str(reports[0]["error"])
+
+
+def test_the_chain_drill_verifies_the_older_base(pitr_world: World, capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """The base it rolls forward is re-hashed too, not only the newest one the drill is recorded against."""
+    w = pitr_world
+    cfg = w.clone(tmp_path / "w")
+    bdir = tmp_path / "w" / "store" / JOB / w.bases[0]
+    art = json.loads((bdir / "manifest.json").read_text())["artifacts"][0]
+    path = bdir / art["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    rc, reports, _ = drill(capsys, cfg, "--pitr")
+    assert rc == 1
+    assert f"backup {w.bases[0]}: {art['file']}" in str(reports[0]["error"])

@@ -109,6 +109,22 @@ def test_an_altered_segment_is_refused(pitr_world: World, capsys: pytest.Capture
     assert w.target.execute("SHOW DATABASES LIKE 'shop'") == [], "refused before anything was written"
 
 
+def test_an_altered_base_is_refused(pitr_world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    w = pitr_world
+    cfg = w.clone(tmp_path / "w")
+    bdir = tmp_path / "w" / "store" / JOB / w.bases[-1]
+    art = json.loads((bdir / "manifest.json").read_text())["artifacts"][0]
+    path = bdir / art["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    drop(w, "shop")
+    rc, _, err = restore(capsys, cfg, w, second(sorted(w.snapshots)[-1]), w.to("shop"), "--database", "shop")
+    assert rc != 0 and f"backup {w.bases[-1]}: {art['file']}:" in err and "refusing to restore" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert w.target.execute("SHOW DATABASES LIKE 'shop'") == [], "refused before anything was written"
+
+
 def test_a_hole_in_the_chain_is_refused(pitr_world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     w = pitr_world
     cfg = w.clone(tmp_path / "w")
@@ -193,3 +209,25 @@ def test_beside_the_live_database_on_its_own_server(pitr_world: World, capsys: p
         check.feed(path.read_bytes())
         result = check.finish()
         assert result.ok, result.errors  # GTIDs still increase: nothing old was logged again
+
+
+def test_a_segment_that_does_not_decompress_is_named(pitr_world: World, capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    """The hash matches but the bytes are no zstd frame: the reader thread's error names the segment."""
+    import hashlib
+
+    w = pitr_world
+    cfg = w.clone(tmp_path / "w")
+    seg = w.segments()[-2]
+    path = tmp_path / "w" / "store" / JOB / "binlog" / seg.path.name
+    stored = b"\x28\xb5\x2f\xfd" + b"\xff" * 64  # zstd's magic, then no valid frame
+    path.write_bytes(stored)
+    man_path = path.parent / seg.manifest_path.name
+    man = json.loads(man_path.read_text())
+    man.update(bytes=len(stored), sha256=hashlib.sha256(stored).hexdigest())
+    man_path.write_text(json.dumps(man))
+    drop(w, "shop")
+    rc, _, err = restore(capsys, cfg, w, second(sorted(w.snapshots)[-1]), w.to("shop"), "--database", "shop")
+    assert rc != 0 and f"restore: segment {seg.seq:08d}: " in err and "unexpected" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert w.target.execute("SHOW DATABASES LIKE 'shop'") == [], "refused before anything was written"

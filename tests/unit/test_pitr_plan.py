@@ -14,7 +14,7 @@ from backupd.formats.sqldump import SqlDumpChecker
 from backupd.sources.mysql.dump import dump_argv
 from backupd.sources.mysql.pitr import qualified_ref
 from backupd.store.backups import StoredBackup
-from backupd.store.pitr import parse_until, plan_restore, window, window_keep
+from backupd.store.pitr import gtid_agrees, parse_until, plan_restore, window, window_keep
 from backupd.store.segments import BinlogPos, Segment
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -29,6 +29,10 @@ def test_until_forms() -> None:
     assert naive is not None and naive.tzinfo is UTC  # the local zone's, converted
     with pytest.raises(UsageError, match="expected an ISO 8601 time"):
         parse_until("last tuesday")
+    with pytest.raises(UsageError, match="a date without a time: give the instant"):
+        parse_until("2026-12-01")  # not the GTID 2026-12-1
+    assert parse_until("2026-12-01T00:00:00Z").time == datetime(2026, 12, 1, tzinfo=UTC)
+    assert parse_until("0-1-01").gtid == (0, 1, 1) and parse_until("1-2-2026").gtid == (1, 2, 2026)
 
 
 def test_the_dump_records_the_snapshot_position() -> None:
@@ -106,6 +110,27 @@ def test_plan_refusals(tmp_path: Path) -> None:
         plan_restore(backups, holed, parse_until("2026-12-01T12:08:00Z"), "shop")
 
 
+def test_a_base_pairs_only_with_a_chain_its_gtids_agree_with(tmp_path: Path) -> None:
+    """After RESET MASTER the new chain reuses bin.000001's positions: B1's 150 falls in it, its GTID does not."""
+    m = timedelta(minutes=1)
+    b1 = _backup(tmp_path, "B1", 150, T0 + m)  # gtid 0-1-150, from the old numbering
+    segs = [_seg(1, 4, 100, T0, T0 + m / 2, None), _seg(2, 100, 300, T0 + m / 2, T0 + 3 * m, 1),
+            _seg(3, 4, 400, T0 + 4 * m, T0 + 6 * m, None), _seg(4, 400, 700, T0 + 6 * m, T0 + 9 * m, 3)]
+    segs[2].manifest.update(gtid_start="", gtid_end="0-1-40")
+    segs[3].manifest.update(gtid_start="0-1-40", gtid_end="0-1-70")
+    target = parse_until("2026-12-01T12:08:00Z")
+    with pytest.raises(BackupdError, match="restore: "):
+        plan_restore([b1], segs, target, "shop")  # by position alone it would replay the new chain onto B1
+    assert window([b1], segs).start is None
+    b3 = _backup(tmp_path, "B3", 500, T0 + 7 * m)
+    b3.manifest["artifacts"][0]["binlog_position"]["gtid"] = "0-1-50"
+    plan = plan_restore([b1, b3], segs, target, "shop")
+    assert plan.base.backup.backup_id == "B3" and [s.seq for s in plan.segments] == [4]
+    # a domain the chain never reaches, or a seq_no before the chain's start, disagrees too
+    assert not gtid_agrees(segs[2:], {0: 50, 1: 3}) and not gtid_agrees(segs[3:], {0: 30})
+    assert gtid_agrees(segs[3:], {0: 50})
+
+
 def test_window_keep(tmp_path: Path) -> None:
     backups, segs = _world(tmp_path)
     keep, prune, anchor = window_keep(backups, segs, 3600, T0 + timedelta(minutes=30))
@@ -115,6 +140,19 @@ def test_window_keep(tmp_path: Path) -> None:
     assert anchor is not None and anchor.backup.backup_id == "B2" and keep == {"B2"}
     assert [s.seq for s in prune] == [1, 2]  # segment 3 holds B2's position: kept
     assert json.dumps(sorted(keep))
+
+
+def test_window_keep_never_prunes_a_later_chain_by_position(tmp_path: Path) -> None:
+    """After RESET MASTER, segment 3 of the new chain ends at 120, below B1's 150: it is not B1's to prune."""
+    m = timedelta(minutes=1)
+    b1 = _backup(tmp_path, "B1", 150, T0 + m)
+    segs = [_seg(1, 4, 100, T0, T0 + m / 2, None), _seg(2, 100, 300, T0 + m / 2, T0 + 3 * m, 1),
+            _seg(3, 4, 120, T0 + 4 * m, T0 + 6 * m, None), _seg(4, 120, 700, T0 + 6 * m, T0 + 9 * m, 3)]
+    segs[2].manifest.update(gtid_start="", gtid_end="0-1-12")
+    segs[3].manifest.update(gtid_start="0-1-12", gtid_end="0-1-70")
+    keep, prune, anchor = window_keep([b1], segs, 3600, T0 + timedelta(minutes=30))
+    assert anchor is not None and anchor.backup.backup_id == "B1" and keep == {"B1"}
+    assert [s.seq for s in prune] == [1]
 
 
 def test_a_restore_holding_the_segments_defers_their_prune(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ from backupd.store.pitr import (
     bases,
     covers,
     iso,
+    pairs,
     parse_until,
     pick_database,
     plan_from,
@@ -196,6 +197,8 @@ def pitr_drill_sql(
     if pair is None:
         raise BackupdError("drill: --pitr needs two consecutive verified base backups joined by committed segments")
     older, newer = pair
+    ctx.hold(older.backup)  # rolled forward: held against a prune and re-verified like the drilled one
+    ctx.hold(newer.backup)  # its stats are the comparison
     ctx.notes.append(f"pitr chain: base {older.backup.backup_id} rolled forward to {newer.backup.backup_id}")
     scratch = mysql_scratch(drill_target, password, ctx.work, newer.backup.backup_id)
     client, optfile, host, prefix = ctx.stack.enter_context(scratch)
@@ -223,6 +226,7 @@ def pitr_drill_sql(
             db = f"{prefix}{database}"[:64]  # the original name on a scratch server: DDL naming it replays
             try:
                 plan = plan_restore(backups, segments.segments(), Until(iso(instant), time=instant), database)
+                ctx.hold(plan.base.backup)
                 n = _roll(client, optfile, host, db, database, plan)
                 checks.append(compare(f"pitr {database} replay to {iso(instant)}", "ok", "ok"))
                 ctx.notes.append(f"pitr {database}: restored to {iso(instant)} ({n} transactions replayed)")
@@ -234,11 +238,12 @@ def pitr_drill_sql(
 
 
 def chain_pair(backups: list[StoredBackup], segs: list[Segment]) -> tuple[Base, Base] | None:
-    """The newest two consecutive bases whose positions one chain of segments covers."""
+    """The newest two consecutive bases one chain of segments rolls forward (positions and GTIDs)."""
     found = bases(backups)
     runs = list(chains([s for s in segs if not s.manifest.get("unreadable")]))
     for older, newer in reversed(list(itertools.pairwise(found))):
-        if any(covers(c, older.pos) and covers(c, max(newer.positions.values(), key=lambda p: p.key)) for c in runs):
+        newest_pos = max(newer.positions.values(), key=lambda p: p.key)
+        if any(pairs(c, older) and pairs(c, newer) and covers(c, newest_pos) for c in runs):
             return older, newer
     if len(found) >= 2:  # consecutive bases exist but no chain joins them: the drill fails and says where
         return found[-2], found[-1]
