@@ -301,7 +301,7 @@ def plan_restore(backups: list[StoredBackup], segs: list[Segment], until: Until,
         if usable:
             base = usable[-1]
             return Plan(base, _segments_for(chain, base, until), until)
-        break
+        # no base rolls this chain forward to the target: an older chain (before a gap) may still hold it
     _refuse(job, runs, all_bases, until, backups, segs, database)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -110,6 +110,20 @@ def test_plan_refusals(tmp_path: Path) -> None:
         plan_restore(backups, holed, parse_until("2026-12-01T12:08:00Z"), "shop")
 
 
+def test_a_time_before_a_gap_restores_from_the_older_chain(tmp_path: Path) -> None:
+    """A gap started a new chain; an instant inside the older one is still reached from the base before it."""
+    m = timedelta(minutes=1)
+    backups = [_backup(tmp_path, "B1", 150, T0 + m), _backup(tmp_path, "B2", 650, T0 + 7 * m)]
+    segs = [_seg(1, 4, 100, T0, T0 + m / 2, None), _seg(2, 100, 300, T0 + m / 2, T0 + 3 * m, 1),
+            _seg(3, 600, 700, T0 + 6 * m, T0 + 8 * m, None), _seg(4, 700, 800, T0 + 8 * m, T0 + 9 * m, 3)]
+    plan = plan_restore(backups, segs, parse_until("2026-12-01T12:02:00Z"), "shop")
+    assert plan.base.backup.backup_id == "B1" and [s.seq for s in plan.segments] == [2]
+    plan = plan_restore(backups, segs, parse_until("2026-12-01T12:08:30Z"), "shop")
+    assert plan.base.backup.backup_id == "B2" and [s.seq for s in plan.segments] == [3, 4]
+    with pytest.raises(BackupdError, match="restore: "):  # inside the gap: no chain holds it
+        plan_restore(backups, segs, parse_until("2026-12-01T12:04:00Z"), "shop")
+
+
 def test_a_base_pairs_only_with_a_chain_its_gtids_agree_with(tmp_path: Path) -> None:
     """After RESET MASTER the new chain reuses bin.000001's positions: B1's 150 falls in it, its GTID does not."""
     m = timedelta(minutes=1)
