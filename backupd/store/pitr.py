@@ -290,6 +290,13 @@ def plan_restore(backups: list[StoredBackup], segs: list[Segment], until: Until,
     runs = list(chains(segs))
     if not runs:
         raise BackupdError(f"restore: job {job} has no committed binlog segments (is `backupd stream {job}` running?)")
+    if until.pos is not None:  # positions compare by file name: one of another server's binlogs is no target
+        names = {s.start.key[0] for s in segs} | {s.end.key[0] for s in segs}
+        if until.pos.key[0] not in names:
+            raise BackupdError(
+                f"restore: --until {until.pos} names a binlog this job's segments do not come from"
+                f" ({', '.join(sorted(n + '*' for n in names))})"
+            )
     all_bases = bases(backups, database)
     if not all_bases:
         what = f"database {database}" if database else "its databases"

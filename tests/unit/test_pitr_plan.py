@@ -105,6 +105,8 @@ def test_plan_refusals(tmp_path: Path) -> None:
         plan_restore(backups, segs, parse_until("2026-12-01T12:10:00Z"), "shop")
     with pytest.raises(BackupdError, match="before the restorable window"):
         plan_restore(backups, segs, parse_until("2026-12-01T12:00:30Z"), "shop")
+    with pytest.raises(BackupdError, match="names a binlog this job's segments do not come from"):
+        plan_restore(backups, segs, parse_until("mysql-bin.000001:350"), "shop")
     holed = [s for s in segs if s.seq != 3]
     with pytest.raises(BackupdError, match="broken after segment 00000002"):
         plan_restore(backups, holed, parse_until("2026-12-01T12:08:00Z"), "shop")

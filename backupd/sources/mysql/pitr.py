@@ -276,7 +276,10 @@ def replay_file(result: Scan, database: str, target_db: str, optfile: Path, targ
     if not done.ok:
         tails = [t for t in done.tails if t]
         why = tails[-1][-1] if tails else f"exit {done.returncodes}"
-        raise StepError("replay", f"database {target_db}: {why}", host=target.label)
+        raise StepError(
+            "replay", f"database {target_db}: {why} (the base is restored and partly rolled forward: drop"
+            f" {target_db} and restore again)", host=target.label,
+        )
 
 
 def _drop(client: str, optfile: Path, host: str, db: str) -> None:
