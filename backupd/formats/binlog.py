@@ -267,7 +267,7 @@ def parse_rotate(ev: Event) -> tuple[int, str]:
 
 
 def parse_query(ev: Event) -> tuple[str, str]:
-    """(default database, statement text) of a QUERY event."""
+    """(default database, statement text) of a QUERY event (or a compressed one, inflated)."""
     body = ev.body
     if len(body) < 13:
         raise BinlogError("QUERY event too short")
@@ -275,8 +275,26 @@ def parse_query(ev: Event) -> tuple[str, str]:
     status_len = struct.unpack_from("<H", body, 11)[0]
     start = 13 + status_len
     db = body[start : start + db_len].decode("utf-8", "replace")
-    sql = body[start + db_len + 1 :].decode("utf-8", "replace")
-    return db, sql
+    text = body[start + db_len + 1 :]
+    if ev.type == QUERY_COMPRESSED:  # log_bin_compress: the statement is zlib behind a small header
+        text = _inflate(text)
+    return db, text.decode("utf-8", "replace")
+
+
+def _inflate(data: bytes) -> bytes:
+    """MariaDB's compressed binlog text: a byte 0x80 | algorithm << 4 | n, the original length in n
+    big-endian bytes, then zlib data."""
+    if not data or data[0] & 0xE0 != 0x80 or not 1 <= data[0] & 0x07 <= 4:
+        raise BinlogError("compressed QUERY event: unknown compression header")
+    n = data[0] & 0x07
+    want = int.from_bytes(data[1 : 1 + n], "big")
+    try:
+        out = zlib.decompress(data[1 + n :])
+    except zlib.error as exc:
+        raise BinlogError(f"compressed QUERY event: {exc}") from None
+    if len(out) != want:
+        raise BinlogError(f"compressed QUERY event: {len(out)} bytes inflated, its header says {want}")
+    return out
 
 
 def parse_table_map(ev: Event) -> tuple[str, str]:
@@ -362,7 +380,7 @@ class TransactionSplitter:
         if ev.type == XID or ev.type == XA_PREPARE:
             ends = True
         elif ev.type in (QUERY, QUERY_COMPRESSED):
-            db, sql = parse_query(ev) if ev.type == QUERY else ("", "")
+            db, sql = parse_query(ev)
             word = sql.lstrip()[:10].upper().encode()
             if db:
                 tx.databases.add(db)
