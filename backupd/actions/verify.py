@@ -50,6 +50,12 @@ def last_verified(backup: StoredBackup, copy: str = "local") -> str:
     return str(entry.get("read_at" if copy == "s3" else "at") or backup.manifest.get("finished_at") or "")
 
 
+def _least_recently_proven(backup: StoredBackup) -> tuple[str, bool]:
+    """The scheduled order: the oldest proof first; at the same second (times have one-second resolution),
+    a backup proven only by its commit before one already re-verified."""
+    return last_verified(backup), "at" in backup.verdict.get("local", {})
+
+
 class Verifier:
     """Verifies backups, records every verdict in the store and the catalog, mirrors it beside the S3 copy."""
 
@@ -170,7 +176,7 @@ def scheduled(config: Config, verifier: Verifier, jobs: list[str]) -> list[Verif
     for job in jobs:
         out += [verifier.broken(k) for k in store.broken(job)]
         todo += store.backups(job)
-    for b in sorted(todo, key=last_verified):
+    for b in sorted(todo, key=_least_recently_proven):
         if job_running(config.state_dir, b.job):
             out.append(Verified(b.job, b.backup_id, True, skipped="the job is running; verified next time"))
             continue

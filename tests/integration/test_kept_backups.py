@@ -11,7 +11,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,11 @@ def site(
         rc, _, err = run_cli_plain(cfg, "run", "site")
         assert rc == 0, err
     ids = sorted(p.name for p in (tmp_path / "etc" / "store" / "site").iterdir() if not p.name.startswith("."))
+    # runs faster than a second each get IDs a second apart, so the newest can be dated a moment after now,
+    # which retention rightly does not count: wait until it is not
+    newest = datetime.strptime(ids[-1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    while time.time() < newest + 1:
+        time.sleep(0.05)
     return cfg, ids, bucket
 
 
