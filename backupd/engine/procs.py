@@ -272,6 +272,23 @@ def _feed(dest: IO[bytes], chunks: Iterator[bytes], progress: Callable[[int], No
     return True
 
 
+def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """On any exception: every process we started, killed by its PID and reaped."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def _release(procs: Sequence[subprocess.Popen[bytes]], drainers: Sequence[threading.Thread]) -> None:
+    """However a feed ends: the stderr drainers joined, the stderr pipes closed."""
+    for t in drainers:
+        t.join(timeout=5)
+    for p in procs:
+        if p.stderr is not None:
+            p.stderr.close()
+
+
 def feed_command(
     argv: Sequence[str],
     source: Path | Iterable[bytes],
@@ -329,17 +346,10 @@ def feed_command(
                 fed = _feed(feed_to.stdin, iter_chunks(stream), progress, 1.0)
         rcs = [p.wait() for p in procs]
     except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        _kill_all(procs)
         raise
     finally:
-        for t in drainers:
-            t.join(timeout=5)
-        for p in procs:
-            if p.stderr is not None:
-                p.stderr.close()
+        _release(procs, drainers)
     return FedResult(rcs, [list(t) for t in tails], fed)
 
 
@@ -374,15 +384,8 @@ def feed_chain(
         fed = _feed(first.stdin, chunks, lambda n: None, 1.0)
         rcs = [p.wait() for p in procs]
     except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        _kill_all(procs)
         raise
     finally:
-        for t in drainers:
-            t.join(timeout=5)
-        for p in procs:
-            if p.stderr is not None:
-                p.stderr.close()
+        _release(procs, drainers)
     return FedResult(rcs, [list(t) for t in tails], fed)
